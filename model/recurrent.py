@@ -1,0 +1,163 @@
+"""``Recurrent``: a multi-layer, optionally bidirectional layer on our own cells.
+
+The drop-in for ``torch.nn.LSTM`` / ``GRU`` / ``RNN`` (batch first) that gatesum builds on.
+Speed comes from three choices:
+
+* the input projections of all time steps are one matmul before the time loop;
+* the loop walks ``unbind``-ed views: indexing a large tensor inside the loop would make
+  backward write a full-size gradient at every step;
+* each step is one matmul plus the cell's fused pointwise work.
+
+Padding never leaks: a padded step leaves the state unchanged, the backward direction starts
+at each sequence's own last token, and outputs at padded positions are zero.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from model.cells import CELLS
+
+State = Tensor | tuple[Tensor, Tensor]  # h_n, or (h_n, c_n) for LSTM; each (L·D, B, H)
+
+
+def reverse_padded(x: Tensor, lengths: Tensor | None) -> Tensor:
+    """Reverse each sequence of x (B, T, ...) within its own length; padding stays at the end.
+
+    Applying it twice gives x back, so the same call also un-reverses the outputs.
+    """
+    if lengths is None:
+        return x.flip(1)
+    T = x.shape[1]
+    steps = torch.arange(T, device=x.device).unsqueeze(0)  # (1, T)
+    last = lengths.to(x.device).unsqueeze(1) - 1  # (B, 1)
+    index = torch.where(steps <= last, last - steps, steps)  # (B, T)
+    index = index.view(*index.shape, *([1] * (x.dim() - 2))).expand_as(x)
+    return x.gather(1, index)
+
+
+def padding_mask(lengths: Tensor, max_length: int) -> Tensor:
+    """(B,) lengths -> (B, T) bool, True at real tokens."""
+    return torch.arange(max_length, device=lengths.device).unsqueeze(0) < lengths.unsqueeze(1)
+
+
+def _where(mask: Tensor, new: State, old: State) -> State:
+    if isinstance(new, tuple):
+        return tuple(torch.where(mask, n, o) for n, o in zip(new, old, strict=True))
+    return torch.where(mask, new, old)
+
+
+def scan(cell: nn.Module, x: Tensor, state: State, mask: Tensor | None, return_gates: bool = False):
+    """Run ``cell`` over x (B, T, I) from ``state``.
+
+    mask (B, T) bool or None. Returns outputs (B, T, H), the final state, and the gates
+    stacked over time (name -> (B, T, H)) when ``return_gates``, else None.
+    """
+    projected = cell.input_projection(x)  # (B, T, G·H): every step's input part in one matmul
+    step_masks = mask.unsqueeze(-1).unbind(1) if mask is not None else None  # T × (B, 1)
+    outputs, gate_steps = [], []
+    for t, projected_t in enumerate(projected.unbind(1)):
+        new_state, gates = cell.step(projected_t, state, return_gates)
+        state = new_state if step_masks is None else _where(step_masks[t], new_state, state)
+        outputs.append(cell.hidden(state))
+        if return_gates:
+            gate_steps.append(gates)
+    output = torch.stack(outputs, 1)  # (B, T, H)
+    if mask is not None:
+        output = output * mask.unsqueeze(-1).to(output.dtype)
+    stacked = None
+    if return_gates:
+        stacked = {name: torch.stack([g[name] for g in gate_steps], 1) for name in gate_steps[0]}
+    return output, state, stacked
+
+
+class Recurrent(nn.Module):
+    """Layers × directions of one cell kind, batch first.
+
+    forward(x (B, T, I), lengths (B,) or None, state=None) ->
+        outputs (B, T, H·D), final state: h_n (L·D, B, H), or (h_n, c_n) for LSTM,
+    ordered like torch: index ``layer·D + direction``.
+    """
+
+    def __init__(self, cell: str, input_size: int, hidden_size: int, num_layers: int = 1,
+                 bidirectional: bool = False, dropout: float = 0.0, **cell_options) -> None:  # fmt: skip
+        super().__init__()
+        if cell not in CELLS:
+            raise ValueError(f"cell must be one of {sorted(CELLS)}, not {cell!r}")
+        self.cell_kind = cell
+        self.input_size = input_size
+        self.hidden_size = hidden_size
+        self.num_layers = num_layers
+        self.num_directions = 2 if bidirectional else 1
+        self.dropout = dropout
+        cells = []
+        for layer in range(num_layers):
+            layer_input = input_size if layer == 0 else hidden_size * self.num_directions
+            for _ in range(self.num_directions):
+                cells.append(CELLS[cell](layer_input, hidden_size, **cell_options))
+        self.cells = nn.ModuleList(cells)
+
+    @property
+    def bidirectional(self) -> bool:
+        return self.num_directions == 2
+
+    def forward(self, x: Tensor, lengths: Tensor | None = None, state: State | None = None,
+                return_gates: bool = False):  # fmt: skip
+        """Returns (outputs, final_state), plus a list of gate dicts (one per layer·direction,
+        each name -> (B, T, H), in the direction's own reading order) when ``return_gates``."""
+        B, T, _ = x.shape
+        mask = padding_mask(lengths.to(x.device), T) if lengths is not None else None
+        initial = self._split_state(state)
+        finals, all_gates = [], []
+        layer_input = x
+        for layer in range(self.num_layers):
+            if layer > 0 and self.dropout > 0:
+                layer_input = F.dropout(layer_input, self.dropout, self.training)
+            outputs = []
+            for direction in range(self.num_directions):
+                index = layer * self.num_directions + direction
+                cell = self.cells[index]
+                start = initial[index] if initial is not None else cell.initial_state(B, x)
+                reverse = direction == 1
+                source = reverse_padded(layer_input, lengths) if reverse else layer_input
+                output, final, gates = scan(cell, source, start, mask, return_gates)
+                outputs.append(reverse_padded(output, lengths) if reverse else output)
+                finals.append(final)
+                all_gates.append(gates)
+            layer_input = outputs[0] if len(outputs) == 1 else torch.cat(outputs, -1)
+        final_state = self._join_state(finals)
+        if return_gates:
+            return layer_input, final_state, all_gates
+        return layer_input, final_state
+
+    def _split_state(self, state: State | None):
+        if state is None:
+            return None
+        if isinstance(state, tuple):
+            return list(zip(state[0].unbind(0), state[1].unbind(0), strict=True))
+        return list(state.unbind(0))
+
+    def _join_state(self, finals: list) -> State:
+        if isinstance(finals[0], tuple):
+            return torch.stack([h for h, _ in finals]), torch.stack([c for _, c in finals])
+        return torch.stack(finals)
+
+    @classmethod
+    def from_torch(cls, module: nn.RNNBase) -> Recurrent:
+        """The numerically equivalent layer of a ``torch.nn.LSTM`` / ``GRU`` / ``RNN``."""
+        kinds = {"LSTM": "lstm", "GRU": "gru", "RNN_TANH": "rnn", "RNN_RELU": "rnn"}
+        if module.mode not in kinds or not module.bias or getattr(module, "proj_size", 0):
+            raise ValueError(f"cannot convert {module!r}: needs bias=True and no projection")
+        options = {"nonlinearity": "relu"} if module.mode == "RNN_RELU" else {}
+        ours = cls(kinds[module.mode], module.input_size, module.hidden_size, module.num_layers,
+                   module.bidirectional, module.dropout, **options)  # fmt: skip
+        for layer in range(module.num_layers):
+            for direction in range(ours.num_directions):
+                suffix = f"_l{layer}" + ("_reverse" if direction else "")
+                weights = [getattr(module, f"{name}{suffix}") for name in
+                           ("weight_ih", "weight_hh", "bias_ih", "bias_hh")]  # fmt: skip
+                ours.cells[layer * ours.num_directions + direction].load_torch_weights(*weights)
+        return ours.to(module.weight_ih_l0.device)
+

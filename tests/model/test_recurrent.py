@@ -1,0 +1,87 @@
+"""``Recurrent`` against torch.nn.LSTM/GRU/RNN, and padding that never leaks."""
+
+import pytest
+import torch
+from torch import nn
+from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
+
+from model.recurrent import Recurrent, reverse_padded
+
+TORCH = {"lstm": nn.LSTM, "gru": nn.GRU, "rnn": nn.RNN}
+LENGTHS = torch.tensor([9, 3, 1, 6])
+
+
+@pytest.mark.parametrize("kind", ["lstm", "gru", "rnn"])
+@pytest.mark.parametrize("bidirectional", [False, True], ids=["uni", "bi"])
+def test_matches_torch_with_variable_lengths(kind, bidirectional):
+    torch.manual_seed(0)
+    reference = TORCH[kind](7, 11, num_layers=2, bidirectional=bidirectional, batch_first=True)
+    ours = Recurrent.from_torch(reference)
+    x = torch.randn(4, 9, 7)
+    packed = pack_padded_sequence(x, LENGTHS, batch_first=True, enforce_sorted=False)
+    want_out, want_state = reference(packed)
+    want_out, _ = pad_packed_sequence(want_out, batch_first=True, total_length=9)
+    got_out, got_state = ours(x, LENGTHS)
+    torch.testing.assert_close(got_out, want_out, atol=1e-5, rtol=0)
+    if kind == "lstm":
+        for got, want in zip(got_state, want_state):
+            torch.testing.assert_close(got, want, atol=1e-5, rtol=0)
+    else:
+        torch.testing.assert_close(got_state, want_state, atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("kind", ["lstm", "gru", "rnn"])
+def test_matches_torch_without_lengths_and_with_initial_state(kind):
+    torch.manual_seed(1)
+    reference = TORCH[kind](5, 6, num_layers=2, bidirectional=True, batch_first=True)
+    ours = Recurrent.from_torch(reference)
+    x = torch.randn(3, 8, 5)
+    h0 = torch.randn(4, 3, 6)
+    state = (h0, torch.randn(4, 3, 6)) if kind == "lstm" else h0
+    want_out, _ = reference(x, state)
+    got_out, _ = ours(x, None, state)
+    torch.testing.assert_close(got_out, want_out, atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("kind", ["lstm", "gru", "rnn"])
+def test_padded_batch_equals_each_sequence_alone(kind):
+    torch.manual_seed(2)
+    layer = Recurrent(kind, 5, 6, num_layers=2, bidirectional=True).eval()
+    x = torch.randn(4, 9, 5)
+    x[1, 3:] = 100.0  # garbage in the padding must not matter
+    batch_out, batch_state = layer(x, LENGTHS)
+    for b, length in enumerate(LENGTHS.tolist()):
+        alone_out, alone_state = layer(x[b : b + 1, :length])
+        torch.testing.assert_close(batch_out[b, :length], alone_out[0], atol=1e-6, rtol=0)
+        assert torch.all(batch_out[b, length:] == 0)
+        h_batch = batch_state[0] if kind == "lstm" else batch_state
+        h_alone = alone_state[0] if kind == "lstm" else alone_state
+        torch.testing.assert_close(h_batch[:, b], h_alone[:, 0], atol=1e-6, rtol=0)
+
+
+def test_gates_are_returned_per_step():
+    layer = Recurrent("lstm", 5, 6, bidirectional=True)
+    x = torch.randn(2, 4, 5)
+    _, _, gates = layer(x, torch.tensor([4, 2]), return_gates=True)
+    assert len(gates) == 2
+    assert gates[0]["forget"].shape == (2, 4, 6)
+    assert torch.all((gates[0]["forget"] > 0) & (gates[0]["forget"] < 1))
+
+
+def test_reverse_padded_reverses_within_each_length():
+    x = torch.arange(8.0).view(2, 4, 1)
+    got = reverse_padded(x, torch.tensor([4, 2]))[..., 0]
+    assert got.tolist() == [[3, 2, 1, 0], [5, 4, 6, 7]]
+    torch.testing.assert_close(reverse_padded(reverse_padded(x, torch.tensor([4, 2])), torch.tensor([4, 2])), x)
+
+
+def test_gradients_flow_to_every_parameter():
+    layer = Recurrent("gru", 3, 4, num_layers=2, bidirectional=True, dropout=0.1)
+    out, _ = layer(torch.randn(2, 5, 3), torch.tensor([5, 3]))
+    out.sum().backward()
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in layer.parameters())
+
+
+def test_unknown_cell_is_refused():
+    with pytest.raises(ValueError, match="cell must be one of"):
+        Recurrent("transformer", 3, 4)
