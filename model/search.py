@@ -1,0 +1,193 @@
+"""Greedy and beam search, batched: the whole batch × beam moves as tensors at each step.
+
+Both searches drive a model through one function,
+
+    step(tokens (N,), state) -> (log_probs (N, V), attention (N, S) or None, state),
+
+and beam search also needs ``reorder(state, rows)`` to follow the surviving beams. N is the
+number of rows being decoded: B for greedy, B·K for a beam of K.
+
+Beam search keeps K hypotheses per example. A hypothesis that emits EOS is finished: its
+score freezes (its only continuation is PAD at no cost) and it keeps competing for one of
+the K places. Hypotheses are ranked by log-probability divided by the GNMT length penalty
+lp(n) = ((5 + n) / 6)^α (Wu et al. 2016); since all live candidates of a step have the same
+length, beam size 1 is greedy search.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+NEG_INF = float("-inf")
+
+
+@dataclass
+class GenerationConfig:
+    beam_size: int = 4
+    max_length: int = 100  # tokens generated, EOS included
+    min_length: int = 0  # EOS is forbidden before this many tokens
+    length_penalty: float = 1.0  # GNMT α; 0 ranks by raw log-probability (favours short output)
+    no_repeat_ngram_size: int = 3  # 0 = off; 3 is the usual CNN/DailyMail setting
+    coverage_penalty: float = 0.0  # β: penalizes attending a source token more than once in all
+
+    def __post_init__(self) -> None:
+        if self.beam_size < 1 or self.max_length < 1 or self.min_length < 0:
+            raise ValueError("beam_size and max_length must be ≥ 1 and min_length ≥ 0")
+
+
+@dataclass
+class SearchResult:
+    tokens: list[list[int]]  # per example, EOS and padding removed
+    scores: list[float]  # the ranking score of each chosen hypothesis
+    attention: list[Tensor] | None = None  # per example (output length, S), on request
+
+
+def length_penalty(lengths: Tensor, alpha: float) -> Tensor:
+    return ((5.0 + lengths.float()) / 6.0) ** alpha
+
+
+def banned_ngram_tokens(tokens: Tensor, n: int, vocab_size: int) -> Tensor:
+    """(N, t) generated so far -> (N, V) bool: tokens that would repeat an n-gram."""
+    N, t = tokens.shape
+    banned = torch.zeros(N, vocab_size, dtype=torch.bool, device=tokens.device)
+    if n <= 0 or t < n:
+        return banned
+    windows = tokens.unfold(1, n, 1)  # (N, t − n + 1, n): every n-gram so far
+    last = tokens[:, t - n + 1 :].unsqueeze(1)  # (N, 1, n − 1): the prefix about to be extended
+    matches = (windows[:, :, :-1] == last).all(-1)  # (N, t − n + 1)
+    counts = torch.zeros(N, vocab_size, device=tokens.device)
+    counts.scatter_add_(1, windows[:, :, -1], matches.float())  # add, not set: indices repeat
+    return counts > 0
+
+
+def constrain(
+    log_probs: Tensor, tokens: Tensor, config: GenerationConfig, eos: int, never: tuple[int, ...]
+) -> Tensor:
+    """Apply min_length and n-gram blocking to one step's log_probs (N, V); the ids in
+    ``never`` (PAD, BOS) are never generated."""
+    forbidden = [*never, eos] if tokens.shape[1] < config.min_length else list(never)
+    log_probs = log_probs.index_fill(1, torch.tensor(forbidden, device=log_probs.device), NEG_INF)
+    if config.no_repeat_ngram_size > 0:
+        banned = banned_ngram_tokens(tokens, config.no_repeat_ngram_size, log_probs.shape[1])
+        log_probs = log_probs.masked_fill(banned, NEG_INF)
+    return log_probs
+
+
+def _strip(row: list[int], eos: int, pad: int) -> list[int]:
+    out = []
+    for token in row:
+        if token in (eos, pad):
+            break
+        out.append(token)
+    return out
+
+
+@torch.no_grad()
+def greedy_search(
+    step: Callable,
+    state,
+    batch_size: int,
+    config: GenerationConfig,
+    bos: int,
+    eos: int,
+    pad: int,
+    device: torch.device,
+    return_attention: bool = False,
+) -> SearchResult:
+    """Take the most probable allowed token at every step until every row has emitted EOS."""
+    tokens = torch.empty(batch_size, 0, dtype=torch.long, device=device)
+    last = torch.full((batch_size,), bos, dtype=torch.long, device=device)
+    finished = torch.zeros(batch_size, dtype=torch.bool, device=device)
+    scores = torch.zeros(batch_size, device=device)
+    attentions = []
+    for _ in range(config.max_length):
+        log_probs, attention, state = step(last, state)
+        log_probs = constrain(log_probs, tokens, config, eos, (pad, bos))
+        best_score, best = log_probs.max(-1)
+        best = best.masked_fill(finished, pad)
+        scores += best_score.masked_fill(finished, 0.0)
+        tokens = torch.cat([tokens, best.unsqueeze(1)], 1)
+        if return_attention and attention is not None:
+            attentions.append(attention)
+        finished |= best == eos
+        last = best
+        if finished.all():
+            break
+    history = torch.stack(attentions, 1) if attentions else None
+    return _result(tokens, scores, history, eos, pad)
+
+
+def _result(tokens: Tensor, scores: Tensor, history: Tensor | None, eos: int, pad: int) -> SearchResult:
+    """history (N, t, S): each row's attention at every step, or None."""
+    rows = [_strip(row, eos, pad) for row in tokens.tolist()]
+    attention = None
+    if history is not None:  # keep the steps that produced the tokens (and the EOS)
+        attention = [history[i, : len(row) + 1].cpu() for i, row in enumerate(rows)]
+    return SearchResult(rows, scores.tolist(), attention)
+
+
+@torch.no_grad()
+def beam_search(
+    step: Callable,
+    reorder: Callable,
+    state,
+    batch_size: int,
+    config: GenerationConfig,
+    bos: int,
+    eos: int,
+    pad: int,
+    device: torch.device,
+    return_attention: bool = False,
+) -> SearchResult:
+    """``state`` must already hold K = beam_size rows per example, example-major."""
+    B, K = batch_size, config.beam_size
+    N = B * K
+    tokens = torch.empty(N, 0, dtype=torch.long, device=device)
+    last = torch.full((N,), bos, dtype=torch.long, device=device)
+    scores = torch.full((B, K), NEG_INF, device=device)
+    scores[:, 0] = 0.0  # all K rows start identical: expand only the first
+    lengths = torch.zeros(B, K, dtype=torch.long, device=device)
+    finished = torch.zeros(B, K, dtype=torch.bool, device=device)
+    coverage = None
+    history = None  # (N, t, S) attention of each hypothesis, on request
+    example_start = (torch.arange(B, device=device) * K).unsqueeze(1)  # (B, 1)
+    for _ in range(config.max_length):
+        log_probs, attention, state = step(last, state)
+        V = log_probs.shape[1]
+        log_probs = constrain(log_probs, tokens, config, eos, (pad, bos))
+        # A finished hypothesis continues only with PAD, at no cost.
+        pad_only = torch.full_like(log_probs[:1], NEG_INF)
+        pad_only[0, pad] = 0.0
+        log_probs = torch.where(finished.view(N, 1), pad_only, log_probs)
+        candidates = scores.view(N, 1) + log_probs  # (N, V)
+        candidate_lengths = (lengths + (~finished).long()).view(N, 1)  # (N, 1)
+        ranked = candidates / length_penalty(candidate_lengths, config.length_penalty)
+        _, best = ranked.view(B, K * V).topk(K, dim=1)  # (B, K)
+        rows = (example_start + best // V).view(N)  # which hypothesis each survivor extends
+        new_tokens = (best % V).view(N)
+        scores = candidates.view(B, K * V).gather(1, best)
+        lengths = candidate_lengths.view(N)[rows].view(B, K)
+        finished = finished.view(N)[rows].view(B, K) | (new_tokens == eos).view(B, K)
+        tokens = torch.cat([tokens[rows], new_tokens.unsqueeze(1)], 1)
+        state = reorder(state, rows)
+        if attention is not None and (config.coverage_penalty > 0 or return_attention):
+            attention = attention.float()[rows]
+            coverage = attention if coverage is None else coverage[rows] + attention
+            if return_attention:
+                step_attention = attention.unsqueeze(1)
+                history = step_attention if history is None else torch.cat([history[rows], step_attention], 1)
+        last = new_tokens
+        if finished.all():
+            break
+    final = scores / length_penalty(lengths.clamp_min(1), config.length_penalty)
+    if coverage is not None and config.coverage_penalty > 0:
+        # OpenNMT's "summary" penalty: attention a source token received beyond 1 in total.
+        over_attention = (coverage - 1.0).clamp_min(0.0).sum(-1).view(B, K)
+        final = final - config.coverage_penalty * over_attention
+    best_score, best_beam = final.max(1)  # (B,)
+    chosen = example_start.squeeze(1) + best_beam  # (B,)
+    return _result(tokens[chosen], best_score, history[chosen] if history is not None else None, eos, pad)

@@ -1,0 +1,142 @@
+"""``Summarizer``: the attention encoder-decoder with copy and coverage, composed from parts.
+
+source ids ─► Encoder (embedding + BiLSTM) ─► outputs ──────────────┐
+                                 └─► final states ─► Bridge ─► Decoder step ◄─ previous token
+                                                               │  attention over outputs
+                                                               ▼
+                                             p_gen · P_vocab + (1 − p_gen) · copy
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from model.config import ModelConfig
+from model.decoder import PROBABILITY_FLOOR, Decoder, DecoderState
+from model.encoder import Bridge, Encoder, EncoderOutput
+from model.search import GenerationConfig, SearchResult, beam_search, greedy_search
+
+
+@dataclass
+class Generation(SearchResult):
+    encoder_gates: list | None = None  # per layer·direction, name -> (B, S, H), on request
+
+
+class Summarizer(nn.Module):
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__()
+        self.config = config
+        self.embedding = nn.Embedding(config.vocab_size, config.embedding_size, padding_idx=config.pad_id)
+        self.encoder = Encoder(config, self.embedding)
+        self.bridge = Bridge(config)
+        self.decoder = Decoder(config, self.embedding)
+
+    def forward(
+        self,
+        source: Tensor,
+        source_lengths: Tensor,
+        target_input: Tensor,
+        target_output: Tensor,
+        coverage_loss_weight: float | None = None,
+    ) -> tuple[Tensor, dict[str, float]]:
+        """Teacher-forced loss.
+
+        source (B, S), source_lengths (B,), target_input (B, T) = [BOS, y_1..], target_output
+        (B, T) = [y_1.., EOS], both padded with PAD. Returns the NLL per non-pad target token
+        (+ λ · coverage loss when λ > 0) and a dict of statistics.
+        """
+        weight = self.config.coverage_loss_weight if coverage_loss_weight is None else coverage_loss_weight
+        encoded = self.encoder(source, source_lengths)
+        state = self.decoder.initial_state(encoded, self.bridge(encoded))
+        keys = self.decoder.keys(encoded)
+        attentional, attention, copy_gate, coverage = [], [], [], []
+        for token in target_input.unbind(1):
+            step, state = self.decoder.step(token, state, encoded, keys)
+            attentional.append(step.attentional)
+            attention.append(step.attention)
+            copy_gate.append(step.copy_gate)
+            coverage.append(step.coverage)
+        logits = self.decoder.logits(torch.stack(attentional, 1)).float()  # (B, T, V)
+        target_mask = target_output != self.config.pad_id  # (B, T)
+        tokens = target_mask.sum().clamp_min(1)
+        if self.config.copy:
+            attention_t = torch.stack(attention, 1).float()  # (B, T, S)
+            nll = self._copy_nll(
+                logits, torch.stack(copy_gate, 1).float(), attention_t, source, target_output
+            )
+        else:
+            nll = F.cross_entropy(logits.transpose(1, 2), target_output, reduction="none")  # (B, T)
+        nll = (nll * target_mask).sum() / tokens
+        loss, stats = nll, {"nll": nll.item(), "tokens": int(tokens)}
+        if self.config.coverage and weight > 0:
+            # See et al. eq. 12: Σ_i min(a_t,i, c_t,i), what is attended again after being covered.
+            overlap = torch.minimum(torch.stack(attention, 1), torch.stack(coverage, 1)).sum(-1)  # (B, T)
+            coverage_loss = (overlap * target_mask).sum() / tokens
+            loss = loss + weight * coverage_loss
+            stats["coverage_loss"] = coverage_loss.item()
+        if self.config.copy:
+            stats["p_gen"] = (torch.stack(copy_gate, 1).squeeze(-1) * target_mask).sum().item() / int(tokens)
+        return loss, stats
+
+    @staticmethod
+    def _copy_nll(
+        logits: Tensor, copy_gate: Tensor, attention: Tensor, source: Tensor, target: Tensor
+    ) -> Tensor:
+        """−log P(y_t) under the pointer-generator mixture, without building (B, T, V) mixtures.
+
+        P(y) = p_gen · P_vocab(y) + (1 − p_gen) · Σ_{i: x_i = y} a_i, clamped before the log.
+        """
+        vocab_probability = torch.log_softmax(logits, -1).gather(2, target.unsqueeze(-1)).squeeze(-1).exp()
+        same_token = source.unsqueeze(1) == target.unsqueeze(2)  # (B, T, S)
+        copy_probability = (attention * same_token).sum(-1)  # (B, T)
+        p_gen = copy_gate.squeeze(-1)
+        probability = p_gen * vocab_probability + (1 - p_gen) * copy_probability
+        return -probability.clamp_min(PROBABILITY_FLOOR).log()
+
+    @torch.no_grad()
+    def generate(
+        self,
+        source: Tensor,
+        source_lengths: Tensor,
+        config: GenerationConfig | None = None,
+        return_attention: bool = False,
+        return_gates: bool = False,
+    ) -> Generation:
+        """Summaries of a batch of sources (B, S): token ids without BOS/EOS, best first."""
+        config = config or GenerationConfig()
+        encoded = self.encoder(source, source_lengths, return_gates=return_gates)
+        gates = encoded.gates
+        B, K = source.shape[0], config.beam_size
+        if K > 1:
+            encoded = encoded.index_select(torch.arange(B, device=source.device).repeat_interleave(K))
+        state = self.decoder.initial_state(encoded, self.bridge(encoded))
+        keys = self.decoder.keys(encoded)
+
+        def step(tokens: Tensor, state: DecoderState):
+            output, state = self.decoder.step(tokens, state, encoded, keys)
+            return self.decoder.log_probs(output, encoded.source), output.attention, state
+
+        ids = {"bos": self.config.bos_id, "eos": self.config.eos_id, "pad": self.config.pad_id}
+        if K == 1:
+            result = greedy_search(
+                step, state, B, config, device=source.device, return_attention=return_attention, **ids
+            )
+        else:
+            result = beam_search(
+                step,
+                DecoderState.index_select,
+                state,
+                B,
+                config,
+                device=source.device,
+                return_attention=return_attention,
+                **ids,
+            )
+        return Generation(result.tokens, result.scores, result.attention, gates)
+
+    def encode(self, source: Tensor, source_lengths: Tensor, return_gates: bool = False) -> EncoderOutput:
+        return self.encoder(source, source_lengths, return_gates=return_gates)

@@ -1,0 +1,112 @@
+"""Greedy and beam search: constraints hold, beam 1 is greedy, batches don't interact."""
+
+import torch
+
+from model.search import GenerationConfig, banned_ngram_tokens, beam_search, greedy_search
+from model.summarizer import Summarizer
+from tests.model.test_summarizer import tiny_config
+
+BOS, EOS, PAD, V = 2, 3, 0, 12
+CPU = torch.device("cpu")
+
+
+def scripted_step(preferences):
+    """A fake model: at every step, log-probs favour tokens in the order of ``preferences``."""
+    scores = torch.full((V,), -20.0)
+    for rank, token in enumerate(preferences):
+        scores[token] = -float(rank)
+    log_probs = torch.log_softmax(scores, 0)
+
+    def step(tokens, state):
+        return log_probs.expand(tokens.shape[0], V).clone(), None, state
+
+    return step
+
+
+def random_step(seed):
+    """A fake model whose next-token distribution depends on the previous token."""
+    logits = torch.randn(V, V, generator=torch.Generator().manual_seed(seed)) * 3
+    logits[:, EOS] -= 30.0  # long enough outputs to test something
+    table = torch.log_softmax(logits, -1)
+
+    def step(tokens, state):
+        return table[tokens], None, state
+
+    return step
+
+
+def reorder(state, rows):
+    return state
+
+
+def test_min_length_is_respected():
+    config = GenerationConfig(beam_size=1, min_length=5, max_length=20, no_repeat_ngram_size=0)
+    result = greedy_search(scripted_step([EOS, 7]), None, 3, config, BOS, EOS, PAD, CPU)
+    assert result.tokens == [[7] * 5] * 3
+    config.beam_size = 3
+    result = beam_search(scripted_step([EOS, 7, 8]), reorder, None, 2, config, BOS, EOS, PAD, CPU)
+    assert all(len(tokens) >= 5 for tokens in result.tokens)
+
+
+def test_ngram_blocking_never_repeats_an_ngram():
+    for n in (2, 3):
+        for beam in (1, 4):
+            config = GenerationConfig(beam_size=beam, max_length=30, no_repeat_ngram_size=n)
+            search = greedy_search if beam == 1 else beam_search
+            args = (random_step(n),) if beam == 1 else (random_step(n), reorder)
+            tokens = search(*args, None, 4, config, BOS, EOS, PAD, CPU).tokens
+            for row in tokens:
+                ngrams = [tuple(row[i : i + n]) for i in range(len(row) - n + 1)]
+                assert len(ngrams) == len(set(ngrams)), (n, beam, row)
+            assert any(len(row) > 2 * n for row in tokens)  # the test exercised something
+
+
+def test_banned_ngram_tokens():
+    banned = banned_ngram_tokens(torch.tensor([[5, 6, 7, 5, 6]]), 3, V)
+    assert banned[0].nonzero().flatten().tolist() == [7]
+
+
+def test_beam_one_equals_greedy():
+    for seed in range(5):
+        config = GenerationConfig(beam_size=1, max_length=15, no_repeat_ngram_size=2, min_length=3)
+        greedy = greedy_search(random_step(seed), None, 3, config, BOS, EOS, PAD, CPU)
+        beam = beam_search(random_step(seed), reorder, None, 3, config, BOS, EOS, PAD, CPU)
+        assert beam.tokens == greedy.tokens
+
+
+def test_beam_finds_a_better_sequence_than_greedy():
+    # Step 1: token 5 looks best (−0.5) but leads to a flat distribution; token 6 (−1.0) leads to EOS.
+    def step(tokens, state):
+        log_probs = torch.full((tokens.shape[0], V), -30.0)
+        first = tokens == BOS
+        log_probs[first, 5], log_probs[first, 6] = -0.5, -1.0
+        log_probs[tokens == 5] = torch.log(torch.full((V,), 1.0 / V))
+        log_probs[tokens == 6, EOS] = 0.0
+        return log_probs, None, state
+
+    config = GenerationConfig(beam_size=2, max_length=4, no_repeat_ngram_size=0, length_penalty=0.0)
+    greedy = greedy_search(step, None, 1, config, BOS, EOS, PAD, CPU)
+    beam = beam_search(step, reorder, None, 1, config, BOS, EOS, PAD, CPU)
+    assert greedy.tokens[0][0] == 5
+    assert beam.tokens == [[6]]
+    assert beam.scores[0] > greedy.scores[0]
+
+
+def test_model_batch_invariance():
+    """A padded batch gives the same summaries as each source alone."""
+    torch.manual_seed(0)
+    model = Summarizer(tiny_config(vocab_size=40, coverage=True)).eval()
+    rows = [[5, 9, 11, 7, 8, 13, 20, 21], [6, 10, 12], [14], [15, 16, 17, 18, 19]]
+    source = torch.tensor([row + [PAD] * (8 - len(row)) for row in rows])
+    lengths = torch.tensor([len(row) for row in rows])
+    for beam in (1, 4):
+        config = GenerationConfig(beam_size=beam, max_length=12, min_length=2, coverage_penalty=0.5)
+        batched = model.generate(source, lengths, config, return_attention=True)
+        for i, row in enumerate(rows):
+            alone = model.generate(torch.tensor([row]), torch.tensor([len(row)]), config)
+            assert batched.tokens[i] == alone.tokens[0]
+            assert abs(batched.scores[i] - alone.scores[0]) < 1e-4
+            attention = batched.attention[i]
+            assert attention.shape == (min(len(batched.tokens[i]) + 1, config.max_length), 8)
+            torch.testing.assert_close(attention.sum(-1), torch.ones(attention.shape[0]))
+            assert torch.all(attention[:, len(row) :] == 0)  # never attends to padding
