@@ -1,0 +1,96 @@
+"""From raw text to a readable summary with a loaded bundle: the one inference path.
+
+    text ─► normalize ─► tokenize ─► truncate to the source limit ─► Summarizer.generate
+         ─► decode ids ─► detokenize ─► summary
+
+The command line (``gatesum summarize``, ``gatesum eval``) and the REST service all call
+``summarize_texts``, so a summary is the same whichever door it came through.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from model.bundle import Bundle
+from model.search import GenerationConfig
+from model.text import detokenize, normalize
+
+DEFAULT_SOURCE_MAX_TOKENS = 400
+
+
+@dataclass
+class Summary:
+    summary: str  # readable: detokenized, sentence-initial capitals
+    normalized: str  # in the model's own text style (what ROUGE compares with normalized references)
+    input_tokens: int  # source length in tokens before truncation
+    truncated: bool  # the source was longer than the model reads
+    token_ids: list[int]
+    attention: Tensor | None = None  # (summary tokens + EOS, source tokens), on request
+    source_ids: list[int] | None = None  # the ids the model read, on request
+    encoder_gates: dict[str, Tensor] | None = None  # top layer, forward direction: name -> (S, H)
+
+
+def source_max_tokens(bundle: Bundle) -> int:
+    return int(bundle.card.get("data", {}).get("source_max_tokens", DEFAULT_SOURCE_MAX_TOKENS))
+
+
+def encode_sources(bundle: Bundle, texts: list[str]) -> tuple[list[list[int]], list[int]]:
+    """Normalized, tokenized and truncated ids per text, and each text's length before truncation."""
+    ids = bundle.tokenizer.encode_batch([normalize(text, bundle.normalizer) for text in texts])
+    limit = source_max_tokens(bundle)
+    return [row[:limit] or [bundle.model.config.unk_id] for row in ids], [len(row) for row in ids]
+
+
+@torch.no_grad()
+def summarize_texts(
+    bundle: Bundle,
+    texts: list[str],
+    generation: GenerationConfig | None = None,
+    batch_size: int = 16,
+    explain: bool = False,
+) -> list[Summary]:
+    """Summaries of ``texts`` in order. Sources are sorted by length into batches so that a
+    batch pads little; ``explain`` adds attention, source ids and encoder gates."""
+    generation = generation or GenerationConfig()
+    sources, lengths = encode_sources(bundle, texts)
+    limit = source_max_tokens(bundle)
+    device = next(bundle.model.parameters()).device
+    order = sorted(range(len(texts)), key=lambda i: len(sources[i]))
+    results: list[Summary | None] = [None] * len(texts)
+    for begin in range(0, len(order), batch_size):
+        chunk = order[begin : begin + batch_size]
+        rows = [sources[i] for i in chunk]
+        width = max(map(len, rows))
+        source = torch.tensor(
+            [row + [bundle.model.config.pad_id] * (width - len(row)) for row in rows], device=device
+        )
+        source_lengths = torch.tensor([len(row) for row in rows], device=device)
+        output = bundle.model.generate(
+            source, source_lengths, generation, return_attention=explain, return_gates=explain
+        )
+        for position, index in enumerate(chunk):
+            token_ids = output.tokens[position]
+            normalized = bundle.tokenizer.decode(token_ids)
+            summary = Summary(
+                detokenize(normalized), normalized, lengths[index], lengths[index] > limit, token_ids
+            )
+            if explain:
+                length = len(rows[position])
+                if output.attention is not None:
+                    summary.attention = output.attention[position][:, :length]
+                summary.source_ids = rows[position]
+                summary.encoder_gates = _top_forward_gates(output.encoder_gates, bundle, position, length)
+            results[index] = summary
+    return results
+
+
+def _top_forward_gates(gates: list | None, bundle: Bundle, row: int, length: int) -> dict[str, Tensor] | None:
+    """The gates of the encoder's top layer, forward direction: what reaches the document's end."""
+    if not gates:
+        return None
+    recurrent = bundle.model.encoder.recurrent
+    top_forward = gates[(recurrent.num_layers - 1) * recurrent.num_directions]
+    return {name: values[row, :length].cpu() for name, values in top_forward.items()}

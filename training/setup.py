@@ -1,0 +1,52 @@
+"""Training inputs that need a decision: the validation pairs and the tokenizer."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import datasets
+import torch.distributed as dist
+
+from model.errors import GatesumError
+from model.text import NormalizerConfig
+from model.tokenizer import Tokenizer
+from training.data import DataConfig, iter_texts_for_tokenizer, load_pairs
+
+
+def validation_pairs(
+    pairs: datasets.Dataset, data: DataConfig, train
+) -> tuple[datasets.Dataset, datasets.Dataset]:
+    """(training pairs, validation pairs): from --validation-files, a '{split}' pattern, or held out."""
+    if train.validation_files:
+        config = DataConfig(**{**data.__dict__, "data_files": train.validation_files, "limit": None})
+        return pairs, load_pairs(config, "validation")
+    if any("{split}" in pattern for pattern in data.data_files) or (data.dataset and not data.data_files):
+        return pairs, load_pairs(DataConfig(**{**data.__dict__, "limit": None}), "validation")
+    size = min(train.validation_size, len(pairs) // 10)
+    if size < 1:
+        raise GatesumError(f"too few training pairs ({len(pairs)}) to hold out a validation set")
+    # the last pairs of the file: the same hold-out on every run and every resume
+    return pairs.select(range(len(pairs) - size)), pairs.select(range(len(pairs) - size, len(pairs)))
+
+
+def prepare_tokenizer(
+    config,
+    pairs: datasets.Dataset,
+    output_dir: Path,
+    normalizer: NormalizerConfig,
+    is_main: bool,
+    distributed: bool,
+    resume: bool,
+) -> Tokenizer:
+    """The given tokenizer, the one this run trained before (resume), or a new one (rank 0 trains)."""
+    if config.path:
+        return Tokenizer.load(Path(config.path))
+    path = Path(output_dir) / "tokenizer.model"
+    if not path.exists() and is_main:
+        if resume:
+            raise GatesumError(f"{path}: missing; cannot resume without the run's tokenizer")
+        texts = iter_texts_for_tokenizer(pairs, config.sample_size, normalizer_config=normalizer)
+        Tokenizer.train(texts, path, config.vocab_size, config.model_type)
+    if distributed:
+        dist.barrier()  # the other ranks wait for rank 0's tokenizer
+    return Tokenizer.load(path)

@@ -1,0 +1,395 @@
+"""``gatesum train``: train a summarizer on CPU, one GPU, or several GPUs (torchrun), resumably.
+
+    gatesum train --config configs/cnndm-small.toml --max-minutes 120
+    gatesum train --config configs/cnndm-small.toml --resume          # after a crash or a stop
+    torchrun --nproc-per-node 4 -m service.cli train --config configs/cnndm-base.toml
+
+Writes into ``--output-dir``: ``checkpoint/`` (the latest bundle + trainer_state.pt, for
+--resume), ``best/`` (the bundle with the best validation score), ``metrics.jsonl`` (one JSON
+object per log line) and ``curves.png``. Under torchrun every rank trains; rank 0 alone writes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import random
+import time
+from contextlib import nullcontext
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+from tqdm import tqdm
+
+from model.bundle import save_bundle
+from model.errors import GatesumError
+from model.search import GenerationConfig
+from model.summarizer import Summarizer
+from model.text import NormalizerConfig, normalize
+from training import checkpoint
+from training.data import TokenBatchSampler, collate, load_pairs, tokenize_pairs
+from training.options import Options, load_options
+from training.options import add_arguments as add_option_arguments
+from training.plots import plot_curves
+from training.rouge import rouge
+from training.setup import prepare_tokenizer, validation_pairs
+
+ROUGE_KEYS = ("rouge1", "rouge2", "rougeL", "rougeLsum")
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    add_option_arguments(parser)
+
+
+def run(args: argparse.Namespace) -> int:
+    options = load_options(args)
+    Trainer(options).train()
+    return 0
+
+
+def pick_device(name: str) -> torch.device:
+    if name != "auto":
+        return torch.device(name)
+    if torch.cuda.is_available():
+        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
+    if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
+        return torch.device("mps")
+    return torch.device("cpu")
+
+
+def learning_rate_factor(step: int, warmup: int, decay: str, max_steps: int | None) -> float:
+    """Linear warmup to 1, then inverse-sqrt, linear (to 0 at max_steps) or constant."""
+    if warmup > 0 and step < warmup:
+        return (step + 1) / warmup
+    if decay == "inverse_sqrt":
+        return math.sqrt(max(warmup, 1) / (step + 1))
+    if decay == "linear" and max_steps:
+        return max(0.0, (max_steps - step) / max(1, max_steps - warmup))
+    return 1.0
+
+
+class Trainer:
+    def __init__(self, options: Options) -> None:
+        self.options = options
+        self.train_config = options.train
+        self.distributed = int(os.environ.get("WORLD_SIZE", 1)) > 1
+        if self.distributed:
+            dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+        self.rank = dist.get_rank() if self.distributed else 0
+        self.world_size = dist.get_world_size() if self.distributed else 1
+        self.is_main = self.rank == 0
+        self.device = pick_device(self.train_config.device)
+        if self.device.type == "cuda":
+            torch.cuda.set_device(self.device)
+        if self.train_config.threads:
+            torch.set_num_threads(self.train_config.threads)
+        self.output_dir = Path(self.train_config.output_dir)
+        self.normalizer = NormalizerConfig()
+
+    # --- setup -----------------------------------------------------------------------------------
+
+    def _prepare(self) -> None:
+        options, config = self.options, self.train_config
+        self.output_dir.mkdir(parents=True, exist_ok=True)
+        state = checkpoint.load_trainer_state(self.output_dir) if config.resume else None
+        pairs = load_pairs(options.data)
+        pairs, validation = validation_pairs(pairs, options.data, config)
+        self.tokenizer = prepare_tokenizer(
+            options.tokenizer,
+            pairs,
+            self.output_dir,
+            self.normalizer,
+            self.is_main,
+            self.distributed,
+            resume=state is not None,
+        )
+        options.model.vocab_size = self.tokenizer.vocab_size
+        if config.coverage_from_step is not None:
+            options.model.coverage = True  # w_c starts at 0: inert until the coverage phase trains it
+        limits = (options.data.source_max_tokens, options.data.target_max_tokens)
+        self.train_set = tokenize_pairs(pairs, self.tokenizer, self.normalizer, *limits)
+        self.validation_set = tokenize_pairs(validation, self.tokenizer, self.normalizer, *limits)
+        self.sampler = TokenBatchSampler(
+            self.train_set["length"], options.data.batch_tokens, shuffle=True, seed=config.seed
+        )
+        torch.manual_seed(config.seed)  # the same initial weights on every rank
+        self.model = Summarizer(options.model).to(self.device)
+        self.optimizer = self._make_optimizer()
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
+            self.optimizer,
+            lambda step: learning_rate_factor(step, config.warmup_steps, config.decay, config.max_steps),
+        )
+        self.step, self.elapsed, self.best_score, self.stale_validations = 0, 0.0, None, 0
+        if state is not None:
+            checkpoint.restore(self, state)
+        else:
+            random.seed(config.seed + self.rank)
+            torch.manual_seed(config.seed + self.rank)  # dropout differs across ranks, as it should
+        self.trained_model = self.model
+        if self.distributed:
+            device_ids = [self.device.index] if self.device.type == "cuda" else None
+            self.trained_model = torch.nn.parallel.DistributedDataParallel(self.model, device_ids=device_ids)
+
+    def _make_optimizer(self) -> torch.optim.Optimizer:
+        config = self.train_config
+        if config.optimizer == "adam":
+            return torch.optim.AdamW(
+                self.model.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay
+            )
+        if config.optimizer == "adagrad":
+            return torch.optim.Adagrad(
+                self.model.parameters(),
+                lr=config.learning_rate,
+                initial_accumulator_value=0.1,
+                weight_decay=config.weight_decay,
+            )
+        raise GatesumError(f"[train] optimizer must be adam or adagrad, not {config.optimizer!r}")
+
+    # --- the loop --------------------------------------------------------------------------------
+
+    def batches(self):
+        """(epoch, position, Batch) from the saved position on; each rank takes every world_size-th."""
+        while self.sampler.epoch < self.train_config.max_epochs:
+            epoch = self.sampler.epoch
+            all_batches = self.sampler.batches(epoch)
+            usable = len(all_batches) - len(all_batches) % self.world_size  # equal work on every rank
+            for position in range(self.sampler.start, usable, self.world_size):
+                self.sampler.start = position + self.world_size
+                indices = all_batches[position + self.rank]
+                yield collate([self.train_set[i] for i in indices])
+            self.sampler.set_epoch(epoch + 1)
+
+    def train(self) -> None:
+        self._prepare()
+        config = self.train_config
+        metrics = self.output_dir / "metrics.jsonl"
+        writer = self._tensorboard()
+        started = time.monotonic() - self.elapsed
+        tokens_seen, window_start, window_loss, window_steps = 0, time.monotonic(), 0.0, 0
+        progress = tqdm(
+            total=config.max_steps,
+            initial=self.step,
+            disable=not self.is_main,
+            unit="step",
+            dynamic_ncols=True,
+        )
+        self.model.train()
+        batches = self.batches()
+        while True:
+            # Check before drawing a batch: the saved data position must not count an untrained batch.
+            if self._should_stop(started):
+                stop_reason = (
+                    "max_steps" if config.max_steps and self.step >= config.max_steps else "max_minutes"
+                )
+                break
+            batch = next(batches, None)
+            if batch is None:
+                stop_reason = "max_epochs"
+                break
+            loss, stats = self._train_step(batch.to(self.device))
+            self.step += 1
+            progress.update(1)
+            tokens_seen += int(batch.source_lengths.sum()) + batch.num_tokens
+            window_loss, window_steps = window_loss + loss, window_steps + 1
+            if self.step % config.log_every == 0:
+                now = time.monotonic()
+                record = {
+                    "step": self.step,
+                    "loss": window_loss / window_steps,
+                    **stats,
+                    "lr": self.scheduler.get_last_lr()[0],
+                    "epoch": self.sampler.epoch,
+                    "tokens_per_s": tokens_seen * self.world_size / (now - window_start),
+                    "elapsed_s": now - started,
+                }
+                progress.set_postfix(
+                    loss=f"{record['loss']:.3f}",
+                    tok_s=f"{record['tokens_per_s']:.0f}",
+                    left=self._time_left(started),
+                )
+                self._log(metrics, record, writer)
+                tokens_seen, window_start, window_loss, window_steps = 0, now, 0.0, 0
+            if self.step % config.eval_every == 0:
+                if self._validate(metrics, writer, started):
+                    stop_reason = "early stopping"
+                    break
+            elif self.step % config.checkpoint_every == 0:
+                self._save_checkpoint(started)
+        progress.close()
+        if self.step % config.eval_every != 0:
+            self._validate(metrics, writer, started)
+        if self.is_main:
+            plot_curves(metrics, self.output_dir / "curves.png")
+            print(
+                f"stopped at step {self.step} ({stop_reason}); best {config.best_metric}: {self.best_score}; "
+                f"bundles in {self.output_dir}/best and {self.output_dir}/checkpoint"
+            )
+        if writer:
+            writer.close()
+        if self.distributed:
+            dist.destroy_process_group()
+
+    def _should_stop(self, started: float) -> bool:
+        config = self.train_config
+        if config.max_steps is not None and self.step >= config.max_steps:
+            return True
+        over_time = config.max_minutes is not None and time.monotonic() - started >= 60 * config.max_minutes
+        if self.distributed:  # every rank must stop at the same step
+            flag = torch.tensor([float(over_time)], device=self.device)
+            dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+            over_time = bool(flag.item())
+        return over_time
+
+    def _time_left(self, started: float) -> str:
+        if self.train_config.max_minutes is None:
+            return "-"
+        return f"{max(0.0, self.train_config.max_minutes - (time.monotonic() - started) / 60):.1f}m"
+
+    def _train_step(self, batch) -> tuple[float, dict]:
+        config = self.train_config
+        coverage_on = config.coverage_from_step is not None and self.step >= config.coverage_from_step
+        autocast = (
+            torch.autocast("cuda", dtype=torch.bfloat16)
+            if self.device.type == "cuda" and config.bf16
+            else nullcontext()
+        )
+        with autocast:
+            loss, stats = self.trained_model(
+                batch.source,
+                batch.source_lengths,
+                batch.target_input,
+                batch.target_output,
+                coverage_loss_weight=config.coverage_weight if coverage_on else 0.0,
+            )
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        # Clipping keeps one exploding gradient (a known failure of recurrent nets) from wrecking the weights.
+        stats["grad_norm"] = float(torch.nn.utils.clip_grad_norm_(self.model.parameters(), config.grad_clip))
+        self.optimizer.step()
+        self.scheduler.step()
+        return loss.item(), stats
+
+    # --- validation, checkpoints, logs -----------------------------------------------------------
+
+    @torch.no_grad()
+    def _validate(self, metrics: Path, writer, started: float) -> bool:
+        """Validation loss and ROUGE; keeps the best bundle. Returns True to stop early."""
+        config = self.train_config
+        stop = False
+        if self.is_main:
+            self.model.eval()
+            record = {"step": self.step, **self.validation_scores(), "elapsed_s": time.monotonic() - started}
+            self.model.train()
+            score = record["val_loss"] if config.best_metric == "loss" else record[config.best_metric]
+            better = self.best_score is None or (
+                score < self.best_score if config.best_metric == "loss" else score > self.best_score
+            )
+            record["best"] = better
+            self._log(metrics, record, writer)
+            tqdm.write(
+                f"step {self.step}: val loss {record['val_loss']:.3f}, ROUGE-1/2/Lsum "
+                f"{record['rouge1']:.2f}/{record['rouge2']:.2f}/{record['rougeLsum']:.2f}"
+                + (" (best)" if better else "")
+            )
+            if better:
+                self.best_score, self.stale_validations = score, 0
+                self._save_bundle(self.output_dir / "best", record)
+            else:
+                self.stale_validations += 1
+            stop = config.patience > 0 and self.stale_validations >= config.patience
+        self._save_checkpoint(started)
+        if self.distributed:
+            flag = torch.tensor([float(stop)], device=self.device)
+            dist.broadcast(flag, 0)
+            stop = bool(flag.item())
+        return stop
+
+    def validation_scores(self) -> dict[str, float]:
+        config, data = self.train_config, self.options.data
+        sampler = TokenBatchSampler(self.validation_set["length"], data.batch_tokens, shuffle=False)
+        total, tokens = 0.0, 0
+        for indices in sampler.batches(0)[: config.eval_batches]:
+            batch = collate([self.validation_set[i] for i in indices]).to(self.device)
+            _, stats = self.model(
+                batch.source,
+                batch.source_lengths,
+                batch.target_input,
+                batch.target_output,
+                coverage_loss_weight=0.0,
+            )
+            total, tokens = total + stats["nll"] * stats["tokens"], tokens + stats["tokens"]
+        sample = self.validation_set.select(range(min(config.eval_rouge_samples, len(self.validation_set))))
+        predictions = []
+        generation = GenerationConfig(beam_size=1, max_length=data.target_max_tokens, no_repeat_ngram_size=3)
+        for begin in range(0, len(sample), 32):
+            rows = sample[begin : begin + 32]["source_ids"]
+            width = max(map(len, rows))
+            source = torch.tensor([row + [0] * (width - len(row)) for row in rows], device=self.device)
+            lengths = torch.tensor([len(row) for row in rows], device=self.device)
+            output = self.model.generate(source, lengths, generation)
+            predictions += [self.tokenizer.decode(ids) for ids in output.tokens]
+        references = [normalize(text, self.normalizer) for text in sample["target"]]
+        return {"val_loss": total / max(tokens, 1), **rouge(predictions, references)}
+
+    def _card(self, record: dict | None = None) -> dict:
+        data = self.options.data
+        return {
+            "data": {
+                "source": data.dataset or data.data_files,
+                "text_column": data.text_column,
+                "summary_column": data.summary_column,
+                "source_max_tokens": data.source_max_tokens,
+                "target_max_tokens": data.target_max_tokens,
+                "training_pairs": len(self.train_set),
+            },
+            "training": {
+                "step": self.step,
+                "elapsed_minutes": round(self.elapsed / 60, 2),
+                "device": str(self.device),
+                "world_size": self.world_size,
+                "options": self.options.to_dict(),
+            },
+            "metrics": {"validation": record} if record else {},
+        }
+
+    def _save_bundle(
+        self, directory: Path, record: dict | None = None, extra_files: dict | None = None
+    ) -> None:
+        save_bundle(
+            directory,
+            self.model,
+            self.tokenizer,
+            self.normalizer,
+            self._card(record),
+            extra_files=extra_files,
+        )
+
+    def _save_checkpoint(self, started: float) -> None:
+        self.elapsed = time.monotonic() - started
+        if self.is_main:
+            state = checkpoint.trainer_state(self)
+            self._save_bundle(self.output_dir / "checkpoint", extra_files={checkpoint.STATE_FILE: state})
+
+    def _log(self, path: Path, record: dict, writer) -> None:
+        if not self.is_main:
+            return
+        with open(path, "a", encoding="utf-8") as file:
+            file.write(json.dumps(record) + "\n")
+        if writer:
+            for key, value in record.items():
+                if isinstance(value, int | float) and key != "step":
+                    writer.add_scalar(key, value, record["step"])
+
+    def _tensorboard(self):
+        if not (self.train_config.tensorboard and self.is_main):
+            return None
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+        except ImportError:
+            raise GatesumError(
+                "--tensorboard needs the tensorboard package: pip install 'gatesum[tensorboard]'"
+            ) from None
+        return SummaryWriter(self.output_dir / "tensorboard")
