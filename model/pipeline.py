@@ -15,6 +15,7 @@ import torch
 from torch import Tensor
 
 from model.bundle import Bundle
+from model.memory import memory_trace
 from model.search import GenerationConfig
 from model.text import detokenize, normalize
 
@@ -31,6 +32,7 @@ class Summary:
     attention: Tensor | None = None  # (summary tokens + EOS, source tokens), on request
     source_ids: list[int] | None = None  # the ids the model read, on request
     encoder_gates: dict[str, Tensor] | None = None  # top layer, forward direction: name -> (S, H)
+    memory_trace: list[float] | None = None  # per source token: how much survives to the end
 
 
 def source_max_tokens(bundle: Bundle) -> int:
@@ -83,8 +85,19 @@ def summarize_texts(
                     summary.attention = output.attention[position][:, :length]
                 summary.source_ids = rows[position]
                 summary.encoder_gates = _top_forward_gates(output.encoder_gates, bundle, position, length)
+                summary.memory_trace = source_memory_trace(bundle, rows[position])
             results[index] = summary
     return results
+
+
+def source_memory_trace(bundle: Bundle, source_ids: list[int]) -> list[float]:
+    """Retention of each source token at the end of the document (see model/memory.py)."""
+    model = bundle.model
+    device = next(model.parameters()).device
+    embedded = model.embedding(torch.tensor([source_ids], device=device))  # (1, S, E)
+    with torch.enable_grad():  # the plain RNN's trace is a Jacobian norm, computed by autograd
+        retention = memory_trace(model.encoder.recurrent, embedded.detach(), None)
+    return retention[0].detach().cpu().tolist()
 
 
 def _top_forward_gates(gates: list | None, bundle: Bundle, row: int, length: int) -> dict[str, Tensor] | None:

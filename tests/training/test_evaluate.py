@@ -1,0 +1,183 @@
+"""``gatesum eval``: the reports it writes, their numbers, and one-line errors for bad input."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+from model.bundle import load_bundle
+from model.text import normalize
+from tests.training.conftest import SOURCE_MAX_TOKENS, make_rows, write_jsonl
+from training import summarize
+from training.rouge import aggregate, rouge_per_document
+
+SENTENCES = [5, 3, 60, 45, 100, 90]  # 50, 30, 600, 450, 1000 and 900 words: two per length bucket
+
+
+@pytest.fixture
+def data_file(tmp_path: Path) -> Path:
+    return write_jsonl(tmp_path / "test.jsonl", make_rows(SENTENCES))
+
+
+def eval_args(bundle: Path, data: Path | str, tmp_path: Path, *more: str) -> list:
+    return ["eval", "--model", bundle, "--data-files", data, "--output-dir", tmp_path / "out",
+            "--cache-dir", tmp_path / "cache", "--beam-size", "2", "--max-length", "8", *more]  # fmt: skip
+
+
+def test_eval_writes_report_json_and_markdown(
+    gatesum, tiny_bundle: Path, data_file: Path, tmp_path: Path
+) -> None:
+    result = gatesum(*eval_args(tiny_bundle, data_file, tmp_path))
+    assert result.code == 0, result.err
+    report = json.loads((tmp_path / "out" / "report.json").read_text())
+    markdown = (tmp_path / "out" / "report.md").read_text()
+    assert result.out == markdown
+    assert "summarizing" in result.err  # the progress bar
+
+    assert report["documents"] == len(SENTENCES)
+    for scores in report["model"].values():
+        assert 0 <= scores <= 100
+    # every reference is its document's first three sentences: Lead-3 is exact
+    assert report["lead3"] == pytest.approx(dict.fromkeys(["rouge1", "rouge2", "rougeL", "rougeLsum"], 100))
+    assert "| Lead-3 | 100.00 | 100.00 | 100.00 | 100.00 |" in markdown
+
+    buckets = report["by_source_words"]
+    assert [bucket["bucket"] for bucket in buckets] == ["≤400", "401–800", ">800"]
+    assert [bucket["documents"] for bucket in buckets] == [2, 2, 2]
+    assert sum(bucket["documents"] for bucket in buckets) == report["documents"]
+    assert all(bucket["lead3"]["rouge1"] == pytest.approx(100) for bucket in buckets)
+    assert "| >800 | 2 | Lead-3 | 100.00 | 100.00 | 100.00 | 100.00 |" in markdown
+
+    bundle = load_bundle(tiny_bundle)
+    articles = [row["article"] for row in make_rows(SENTENCES)]
+    too_long = [len(bundle.tokenizer.encode(normalize(article))) > SOURCE_MAX_TOKENS for article in articles]
+    assert 0 < sum(too_long) < len(articles)  # the check below can tell right from wrong
+    assert report["truncation_rate"] == pytest.approx(sum(too_long) / len(articles), abs=1e-4)
+    assert report["mean_words"]["source"] == pytest.approx(
+        sum(count * 10 for count in SENTENCES) / len(SENTENCES)
+    )
+    assert report["speed"]["documents_per_second"] > 0
+
+    settings = report["settings"]
+    assert settings["generation"]["beam_size"] == 2 and settings["generation"]["max_length"] == 8
+    assert settings["source_max_tokens"] == SOURCE_MAX_TOKENS
+    assert settings["command"].startswith("gatesum eval --model ") and "--beam-size 2" in settings["command"]
+    assert report["bundle"] == {
+        "name": "tiny",
+        "path": str(tiny_bundle.resolve()),
+        "training": {"source_max_tokens": SOURCE_MAX_TOKENS},
+    }
+
+
+def test_model_rouge_compares_normalized_summaries_with_normalized_references(
+    gatesum, tiny_bundle: Path, data_file: Path, tmp_path: Path
+) -> None:
+    assert gatesum(*eval_args(tiny_bundle, data_file, tmp_path)).code == 0
+    report = json.loads((tmp_path / "out" / "report.json").read_text())
+    records = [json.loads(line) for line in (tmp_path / "out" / "summaries.jsonl").read_text().splitlines()]
+    rows = make_rows(SENTENCES)
+    assert [record["id"] for record in records] == [row["id"] for row in rows]  # input order
+    expected = aggregate(rouge_per_document([record["normalized"] for record in records],
+                                            [normalize(row["highlights"]) for row in rows]))  # fmt: skip
+    assert report["model"] == pytest.approx(expected, abs=1e-3)
+
+
+def test_eval_and_summarize_give_the_same_summaries(
+    gatesum, tiny_bundle: Path, data_file: Path, tmp_path: Path
+) -> None:
+    """Both doors go through summarize_texts; eval's reordering by length must not mix documents up."""
+    assert gatesum(*eval_args(tiny_bundle, data_file, tmp_path, "--batch-size", "2")).code == 0
+    evaluated = [
+        json.loads(line)["summary"]
+        for line in (tmp_path / "out" / "summaries.jsonl").read_text().splitlines()
+    ]
+    result = gatesum(
+        "summarize", "--model", tiny_bundle, "--input", data_file, "--beam-size", "2", "--max-length", "8"
+    )
+    assert result.code == 0, result.err
+    assert [json.loads(line)["summary"] for line in result.out.splitlines()] == evaluated
+
+
+def test_limit_split_placeholder_and_custom_columns(gatesum, tiny_bundle: Path, tmp_path: Path) -> None:
+    rows = [{"text": row["article"], "summary": row["highlights"]} for row in make_rows(SENTENCES)]
+    write_jsonl(tmp_path / "validation.jsonl", rows)
+    columns = ["--text-column", "text", "--summary-column", "summary"]
+    pattern = tmp_path / "{split}.jsonl"
+    result = gatesum(
+        *eval_args(tiny_bundle, pattern, tmp_path, "--split", "validation", "--limit", "3", *columns)
+    )
+    assert result.code == 0, result.err
+    report = json.loads((tmp_path / "out" / "report.json").read_text())
+    assert report["documents"] == 3
+    assert [bucket["documents"] for bucket in report["by_source_words"]] == [2, 1, 0]
+    assert report["by_source_words"][2]["model"] is None
+    assert "| >800 | 0 | model | – | – | – | – |" in result.out
+
+
+def test_default_output_dir_is_named_after_the_bundle(
+    gatesum, tiny_bundle: Path, data_file: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    args = eval_args(tiny_bundle, data_file, tmp_path)
+    del args[args.index("--output-dir") : args.index("--output-dir") + 2]
+    assert gatesum(*args).code == 0
+    assert (tmp_path / "runs" / "eval-tiny" / "report.json").is_file()
+
+
+def corrupt_bundle(tiny_bundle: Path, tmp_path: Path) -> Path:
+    broken = tmp_path / "broken"
+    shutil.copytree(tiny_bundle, broken)
+    weights = broken / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:100])  # a download cut short
+    return broken
+
+
+@pytest.mark.parametrize(
+    ("case", "message"),
+    [
+        ("missing file", "nothing.jsonl: file not found"),
+        ("unknown column", "no column 'body'"),
+        ("empty file", "empty.jsonl: file is empty"),
+        ("no pairs", "no non-empty pairs"),
+        ("corrupt bundle", "model.safetensors: unreadable weights"),
+        ("missing bundle", "model bundle not found"),
+        ("bad setting", "--batch-size must be ≥ 1"),
+    ],
+)
+def test_bad_input_is_one_error_line_and_exit_2(
+    gatesum, tiny_bundle: Path, data_file: Path, tmp_path: Path, case: str, message: str
+) -> None:
+    bundle, data, more = tiny_bundle, data_file, []
+    if case == "missing file":
+        data = tmp_path / "nothing.jsonl"
+    elif case == "unknown column":
+        more = ["--text-column", "body"]
+    elif case == "empty file":
+        data = tmp_path / "empty.jsonl"
+        data.write_text("")
+    elif case == "no pairs":
+        data = write_jsonl(tmp_path / "blank.jsonl", [{"article": " ", "highlights": ""}])
+    elif case == "corrupt bundle":
+        bundle = corrupt_bundle(tiny_bundle, tmp_path)
+    elif case == "missing bundle":
+        bundle = tmp_path / "no-such-bundle"
+    elif case == "bad setting":
+        more = ["--batch-size", "0"]
+    result = gatesum(*eval_args(bundle, data, tmp_path, *more))
+    assert result.code == 2
+    assert result.err.count("\n") == 1 and result.err.startswith("gatesum eval: error: "), result.err
+    assert message in result.err and "Traceback" not in result.err
+    assert result.out == "" and not (tmp_path / "out").exists()
+
+
+def test_absent_default_model_is_a_clear_error(
+    gatesum, data_file: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(summarize, "DEFAULT_MODEL", tmp_path / "pretrained" / "cnndm-lstm-small")
+    result = gatesum("eval", "--data-files", data_file, "--output-dir", tmp_path / "out")
+    assert result.code == 2
+    default = tmp_path / "pretrained" / "cnndm-lstm-small"
+    assert result.err == f"gatesum eval: error: no --model given and the bundled model {default} is absent\n"

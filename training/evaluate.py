@@ -1,0 +1,298 @@
+"""``gatesum eval``: ROUGE of a model bundle beside Lead-3 on the same documents, by source length.
+
+    gatesum eval --model runs/small/best --data-files ../shared/data/cnndm/test.jsonl.gz --limit 500
+
+The documents go through the one inference path (``model.pipeline.summarize_texts``). Model
+summaries (``Summary.normalized``), Lead-3 (the first three sentences of the normalized article)
+and the references are all compared in the bundle's normalized text style, with rouge-score's
+ROUGE-1/2/L/Lsum F1, Porter stemming, Lsum over newline-separated sentences (``training.rouge``).
+
+Writes into --output-dir (default ``runs/eval-<bundle name>``):
+
+* ``report.json``: every number, the exact settings, the command line, the bundle's name and path;
+* ``report.md``: model and Lead-3 ROUGE, then the same by source length (≤400, 401–800, >800
+  words of the normalized article), with truncation rate, summary lengths and decode speed; the
+  same Markdown is printed to stdout;
+* ``summaries.jsonl``: per document its id, summary, source length and ROUGE, for error analysis.
+
+Decode speed counts the wall time of ``summarize_texts`` only (normalize, tokenize, search,
+detokenize), not loading the data or scoring.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import shlex
+import sys
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import asdict
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import datasets
+import torch
+from tqdm import tqdm
+
+from model.bundle import Bundle, write_atomically
+from model.pipeline import Summary, source_max_tokens, summarize_texts
+from model.search import GenerationConfig
+from model.text import normalize
+from training.data import DataConfig, load_pairs
+from training.rouge import METRICS, aggregate, lead, rouge_per_document
+from training.summarize import add_generation_arguments, add_model_arguments, generation_config, load_model
+
+# (label, fewest words, most words) of the article, normalized; None: no upper bound
+BUCKETS = (("≤400", 0, 400), ("401–800", 401, 800), (">800", 801, None))
+METRIC_NAMES = {"rouge1": "R-1", "rouge2": "R-2", "rougeL": "R-L", "rougeLsum": "R-Lsum"}
+SCORING_CHUNK = 200  # documents per rouge_per_document call: the progress bar's step
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    add_model_arguments(parser)
+    parser.add_argument(
+        "--data-files",
+        nargs="+",
+        required=True,
+        metavar="FILE",
+        help="pairs to evaluate on (.jsonl[.gz], .csv, .parquet); {split} becomes --split",
+    )
+    parser.add_argument("--split", default="test", help="the split name that replaces {split} in file names")
+    parser.add_argument("--limit", type=int, default=None, help="evaluate on the first N documents only")
+    parser.add_argument("--text-column", default="article", help="the column that holds the documents")
+    parser.add_argument("--summary-column", default="highlights", help="the column of reference summaries")
+    parser.add_argument(
+        "--cache-dir",
+        default=None,
+        help="datasets cache for the parsed files (default: ~/.cache/huggingface/datasets)",
+    )
+    add_generation_arguments(parser)
+    parser.add_argument(
+        "--output-dir",
+        default=None,
+        metavar="DIR",
+        help="where report.json, report.md and summaries.jsonl go (default: runs/eval-<bundle name>)",
+    )
+
+
+def run(args: argparse.Namespace) -> int:
+    generation = generation_config(args)
+    bundle = load_model(args)
+    data = DataConfig(
+        data_files=args.data_files,
+        text_column=args.text_column,
+        summary_column=args.summary_column,
+        split=args.split,
+        limit=args.limit,
+        cache_dir=args.cache_dir,
+    )
+    with quiet_datasets():  # our own progress bar is enough; and an error stays one line
+        pairs = load_pairs(data, args.split)
+    ids = list(pairs["id"]) if "id" in pairs.column_names else list(range(len(pairs)))
+    report, documents = evaluate(
+        bundle, list(pairs["source"]), list(pairs["target"]), generation, args.batch_size
+    )
+    report = {**report, "settings": settings(args, bundle, generation), "bundle": describe_bundle(bundle)}
+    documents = [{"id": document_id, **record} for document_id, record in zip(ids, documents)]
+    output_dir = Path(args.output_dir or f"runs/eval-{bundle.name}")
+    markdown = render_markdown(report)
+    write_atomically(
+        output_dir / "report.json", (json.dumps(report, indent=2, ensure_ascii=False) + "\n").encode()
+    )
+    write_atomically(output_dir / "report.md", markdown.encode())
+    lines = "".join(json.dumps(record, ensure_ascii=False) + "\n" for record in documents)
+    write_atomically(output_dir / "summaries.jsonl", lines.encode())
+    print(markdown, end="")
+    print(f"wrote {output_dir}/report.json, report.md, summaries.jsonl", file=sys.stderr)
+    return 0
+
+
+# --- evaluation -----------------------------------------------------------------------------------
+
+
+def evaluate(bundle: Bundle, articles: Sequence[str], references: Sequence[str], generation: GenerationConfig,
+             batch_size: int = 16) -> tuple[dict[str, Any], list[dict[str, Any]]]:  # fmt: skip
+    """Scores of the model and of Lead-3 on the same documents: (report numbers, per-document records)."""
+    summaries, seconds = summarize_timed(bundle, articles, generation, batch_size)
+    normalized_articles = [normalize(article, bundle.normalizer) for article in articles]
+    normalized_references = [normalize(reference, bundle.normalizer) for reference in references]
+    predictions = [summary.normalized for summary in summaries]
+    leads = [lead(article) for article in normalized_articles]
+    model_scores = score(predictions, normalized_references, "scoring the model")
+    lead_scores = score(leads, normalized_references, "scoring Lead-3")
+    source_words = [len(article.split()) for article in normalized_articles]
+    report = {
+        "documents": len(articles),
+        "model": rounded(aggregate(model_scores)),  # ROUGE F1 ×100
+        "lead3": rounded(aggregate(lead_scores)),
+        "by_source_words": by_source_words(source_words, model_scores, lead_scores),
+        "truncation_rate": round(sum(summary.truncated for summary in summaries) / len(summaries), 4),
+        "mean_words": {  # whitespace tokens of the normalized text: punctuation counts as a word
+            "model": mean_words(predictions),
+            "lead3": mean_words(leads),
+            "reference": mean_words(normalized_references),
+            "source": round(sum(source_words) / len(source_words), 1),
+        },
+        "speed": {
+            "generation_seconds": round(seconds, 3),
+            "documents_per_second": round(len(articles) / seconds, 3),
+        },
+    }
+    documents = [
+        {"summary": summary.summary, "normalized": summary.normalized, "source_words": words,
+         "input_tokens": summary.input_tokens, "truncated": summary.truncated,
+         "model": rounded(aggregate([model])), "lead3": rounded(aggregate([lead3]))}
+        for summary, words, model, lead3 in zip(summaries, source_words, model_scores, lead_scores)
+    ]  # fmt: skip
+    return report, documents
+
+
+def summarize_timed(bundle: Bundle, articles: Sequence[str], generation: GenerationConfig,
+                    batch_size: int) -> tuple[list[Summary], float]:  # fmt: skip
+    """Summaries in input order and the wall time spent in ``summarize_texts``.
+
+    Documents are taken in order of character length, a few batches at a time, so batches pad
+    little across the whole set (``summarize_texts`` sorts by tokens within each call) and the
+    progress bar moves steadily.
+    """
+    order = sorted(range(len(articles)), key=lambda index: len(articles[index]))
+    chunk_size = 8 * batch_size
+    summaries: list[Summary | None] = [None] * len(articles)
+    seconds = 0.0
+    with tqdm(total=len(articles), desc="summarizing", unit="doc") as progress:
+        for begin in range(0, len(order), chunk_size):
+            chunk = order[begin : begin + chunk_size]
+            started = time.perf_counter()
+            results = summarize_texts(bundle, [articles[index] for index in chunk], generation, batch_size)
+            seconds += time.perf_counter() - started  # results are Python lists: the device is done
+            for index, summary in zip(chunk, results):
+                summaries[index] = summary
+            progress.update(len(chunk))
+    return summaries, max(seconds, 1e-9)
+
+
+def score(predictions: Sequence[str], references: Sequence[str], description: str) -> list[dict[str, float]]:
+    """Per-document ROUGE F1 (0..1), with a progress bar."""
+    scores: list[dict[str, float]] = []
+    with tqdm(total=len(predictions), desc=description, unit="doc") as progress:
+        for begin in range(0, len(predictions), SCORING_CHUNK):
+            end = begin + SCORING_CHUNK
+            scores += rouge_per_document(predictions[begin:end], references[begin:end])
+            progress.update(len(predictions[begin:end]))
+    return scores
+
+
+def by_source_words(source_words: Sequence[int], model_scores: Sequence[dict[str, float]],
+                    lead_scores: Sequence[dict[str, float]]) -> list[dict[str, Any]]:  # fmt: skip
+    """Model and Lead-3 ROUGE per source-length bucket; None for a bucket without documents."""
+    buckets = []
+    for label, fewest, most in BUCKETS:
+        members = [
+            i for i, words in enumerate(source_words) if words >= fewest and (most is None or words <= most)
+        ]
+        buckets.append(
+            {
+                "bucket": label,
+                "min_words": fewest,
+                "max_words": most,
+                "documents": len(members),
+                "model": rounded(aggregate([model_scores[i] for i in members])) if members else None,
+                "lead3": rounded(aggregate([lead_scores[i] for i in members])) if members else None,
+            }
+        )
+    return buckets
+
+
+def rounded(scores: dict[str, float]) -> dict[str, float]:
+    return {metric: round(value, 4) for metric, value in scores.items()}
+
+
+def mean_words(texts: Sequence[str]) -> float:
+    return round(sum(len(text.split()) for text in texts) / max(1, len(texts)), 1)
+
+
+# --- settings and rendering -----------------------------------------------------------------------
+
+
+def settings(args: argparse.Namespace, bundle: Bundle, generation: GenerationConfig) -> dict[str, Any]:
+    """What produced the numbers: the flags, the generation and data settings, the machine."""
+    device = next(bundle.model.parameters()).device
+    return {
+        "command": shlex.join(["gatesum", *sys.argv[1:]]),
+        "arguments": {name: value for name, value in vars(args).items() if not callable(value)},
+        "generation": asdict(generation),
+        "batch_size": args.batch_size,
+        "data_files": args.data_files,
+        "split": args.split,
+        "limit": args.limit,
+        "text_column": args.text_column,
+        "summary_column": args.summary_column,
+        "source_max_tokens": source_max_tokens(bundle),
+        "normalizer": asdict(bundle.normalizer),
+        "device": str(device),
+        "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor(),
+        "torch": torch.__version__,
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+    }
+
+
+def describe_bundle(bundle: Bundle) -> dict[str, Any]:
+    return {"name": bundle.name, "path": str(bundle.path.resolve()), "training": bundle.card.get("data", {})}
+
+
+def render_markdown(report: dict[str, Any]) -> str:
+    """The report as Markdown: overall table, bucket table, then the other numbers in one list."""
+    settings, generation = report["settings"], report["settings"]["generation"]
+    header = " | ".join(METRIC_NAMES.values())
+    lines = [
+        f"# {report['bundle']['name']}: ROUGE F1 on {report['documents']} documents",
+        "",
+        f"Data: {', '.join(settings['data_files'])} (split {settings['split']}). "
+        f"Beam {generation['beam_size']}, {generation['min_length']}–{generation['max_length']} tokens, "
+        f"length penalty {generation['length_penalty']}, "
+        f"no-repeat n-gram {generation['no_repeat_ngram_size']}.",
+        "",
+        f"| system | {header} |",
+        "|---|" + "---:|" * len(METRICS),
+        table_row("model", report["model"]),
+        table_row("Lead-3", report["lead3"]),
+        "",
+        f"| source words | documents | system | {header} |",
+        "|---|---:|---|" + "---:|" * len(METRICS),
+    ]
+    for bucket in report["by_source_words"]:
+        lines.append(table_row(f"{bucket['bucket']} | {bucket['documents']} | model", bucket["model"]))
+        lines.append(table_row(f"{bucket['bucket']} | {bucket['documents']} | Lead-3", bucket["lead3"]))
+    words, speed = report["mean_words"], report["speed"]
+    lines += [
+        "",
+        f"- truncated sources: {100 * report['truncation_rate']:.1f}% "
+        f"(longer than {settings['source_max_tokens']} tokens)",
+        f"- mean length in words: model {words['model']}, Lead-3 {words['lead3']}, "
+        f"reference {words['reference']}, source {words['source']}",
+        f"- decode speed: {speed['documents_per_second']:.2f} documents/s "
+        f"({speed['generation_seconds']:.1f} s on {settings['device']})",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def table_row(label: str, scores: dict[str, float] | None) -> str:
+    cells = [f"{scores[metric]:.2f}" if scores else "–" for metric in METRICS]
+    return f"| {label} | {' | '.join(cells)} |"
+
+
+@contextmanager
+def quiet_datasets() -> Iterator[None]:
+    """No datasets progress bars (loading, filtering) for the duration."""
+    was_enabled = datasets.is_progress_bar_enabled()
+    datasets.disable_progress_bars()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            datasets.enable_progress_bars()

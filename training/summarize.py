@@ -1,0 +1,309 @@
+"""``gatesum summarize``: summaries of JSON Lines or plain-text documents, written as JSON Lines.
+
+    gatesum summarize --input articles.jsonl --output summaries.jsonl   # adds summary, truncated
+    gatesum summarize --input notes.txt                                 # blank-line-separated docs
+    cat story.txt | gatesum summarize --beam-size 1                     # stdin -> stdout
+
+Input is JSON Lines when the file name ends in .jsonl or .jsonl.gz or its first non-blank line
+starts with ``{`` (``--format`` overrides the guess). Each object keeps its fields and gains
+``summary`` (readable text) and ``truncated`` (the document was longer than the model reads);
+blank lines are skipped. Otherwise each blank-line-separated block of text is one document and
+gives ``{"document": n, "line": its first line, "summary": ..., "truncated": ...}``.
+
+Bad input fails before any work. The whole input is read, decoded and parsed first, so a line
+that is not UTF-8 or not JSON, or lacks the text field, stops the command with one error that
+names the file and line, before the model runs and before ``--output`` is opened (an existing
+output file is left alone). Then summaries are written in input order, a chunk at a time,
+flushed after each chunk: an interrupted run keeps every summary written so far.
+
+This module also holds the model and generation flags that ``gatesum eval`` shares.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gzip
+import json
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO, Any
+
+import torch
+from tqdm import tqdm
+
+from model.bundle import Bundle, load_bundle
+from model.errors import GatesumError
+from model.pipeline import Summary, summarize_texts
+from model.search import GenerationConfig
+
+DEFAULT_MODEL = Path(__file__).resolve().parents[1] / "pretrained" / "cnndm-lstm-small"
+CHUNK_DOCUMENTS = 64  # documents per summarize_texts call: the unit of progress and of flushing
+STDIN = "<stdin>"
+
+
+# --- flags shared with gatesum eval ---------------------------------------------------------------
+
+
+def add_model_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--model",
+        default=None,
+        metavar="DIR",
+        help=f"model bundle directory (default: the bundled {DEFAULT_MODEL.name})",
+    )
+    parser.add_argument(
+        "--device", default="auto", help="auto (CUDA, then MPS, then CPU), cpu, cuda, cuda:N or mps"
+    )
+
+
+def add_generation_arguments(parser: argparse.ArgumentParser) -> None:
+    defaults = GenerationConfig()
+    parser.add_argument(
+        "--beam-size", type=int, default=defaults.beam_size, help="beam width; 1 is greedy search (fastest)"
+    )
+    parser.add_argument(
+        "--max-length",
+        type=int,
+        default=defaults.max_length,
+        help="most summary tokens generated, EOS included",
+    )
+    parser.add_argument(
+        "--min-length", type=int, default=defaults.min_length, help="EOS is forbidden before this many tokens"
+    )
+    parser.add_argument(
+        "--length-penalty",
+        type=float,
+        default=defaults.length_penalty,
+        help="GNMT length penalty α; 0 ranks beams by raw log-probability (short output)",
+    )
+    parser.add_argument(
+        "--no-repeat-ngram-size",
+        type=int,
+        default=defaults.no_repeat_ngram_size,
+        help="never repeat an n-gram of this size in a summary (0: off)",
+    )
+    parser.add_argument(
+        "--batch-size",
+        type=int,
+        default=16,
+        help="documents decoded together (sorted by length, so a batch pads little)",
+    )
+
+
+def generation_config(args: argparse.Namespace) -> GenerationConfig:
+    """The search settings of the flags; GatesumError for impossible values."""
+    if args.batch_size < 1:
+        raise GatesumError(f"--batch-size must be ≥ 1, not {args.batch_size}")
+    if args.no_repeat_ngram_size < 0:
+        raise GatesumError(f"--no-repeat-ngram-size must be ≥ 0, not {args.no_repeat_ngram_size}")
+    try:
+        return GenerationConfig(
+            beam_size=args.beam_size,
+            max_length=args.max_length,
+            min_length=args.min_length,
+            length_penalty=args.length_penalty,
+            no_repeat_ngram_size=args.no_repeat_ngram_size,
+        )
+    except ValueError as error:
+        raise GatesumError(f"generation settings: {error}") from None
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError as error:
+        raise GatesumError(f"--device {name!r}: {error}") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise GatesumError(f"--device {name}: no CUDA device is available")
+    return device
+
+
+def load_model(args: argparse.Namespace) -> Bundle:
+    """The bundle of --model (default: the bundled model), on --device."""
+    if args.model is None and not DEFAULT_MODEL.is_dir():
+        raise GatesumError(f"no --model given and the bundled model {DEFAULT_MODEL} is absent")
+    return load_bundle(args.model or DEFAULT_MODEL, resolve_device(args.device))
+
+
+# --- gatesum summarize ----------------------------------------------------------------------------
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    add_model_arguments(parser)
+    parser.add_argument(
+        "--input",
+        default=None,
+        metavar="FILE",
+        help="JSON Lines (.jsonl, .jsonl.gz) or plain text; default: stdin",
+    )
+    parser.add_argument("--output", default=None, metavar="FILE", help="JSON Lines out; default: stdout")
+    parser.add_argument(
+        "--format",
+        choices=("auto", "jsonl", "text"),
+        default="auto",
+        help="input format; auto: JSON Lines by file name or a first line starting with {",
+    )
+    parser.add_argument(
+        "--text-field", default="article", help="the JSON field that holds the document (JSON Lines input)"
+    )
+    add_generation_arguments(parser)
+
+
+def run(args: argparse.Namespace) -> int:
+    lines = read_lines(args.input)
+    name = args.input or STDIN
+    if is_json_lines(args.input, lines, args.format):
+        documents = parse_json_lines(name, lines, args.text_field)
+    else:
+        documents = parse_text_blocks(lines)
+    if not documents:
+        raise GatesumError(f"{name}: no documents")
+    generation = generation_config(args)
+    bundle = load_model(args)
+    progress = tqdm(total=len(documents), desc="summarizing", unit="doc", disable=args.input is None)
+    with progress, open_output(args.output) as output:
+        for written in write_summaries(bundle, documents, output, generation, args.batch_size):
+            progress.update(written)
+    return 0
+
+
+# --- reading --------------------------------------------------------------------------------------
+
+
+@dataclass
+class Document:
+    text: str
+    line: int  # where it starts in the input, 1-based
+    record: dict[str, Any]  # the JSON object to extend, or the plain-text document's number
+
+    def output(self, summary: Summary | None) -> dict[str, Any]:
+        """The input record plus summary and truncated (an empty document gets an empty summary)."""
+        return {
+            **self.record,
+            "summary": summary.summary if summary else "",
+            "truncated": summary.truncated if summary else False,
+        }
+
+
+def read_lines(path: str | None) -> list[str]:
+    """The lines of a file (gzip by its .gz suffix) or of stdin, decoded: GatesumError names the
+    first line that is not UTF-8."""
+    name = path or STDIN
+    if path is None:
+        data = sys.stdin.buffer.read()
+    else:
+        file = Path(path)
+        if not file.is_file():
+            raise GatesumError(f"{path}: file not found" if not file.exists() else f"{path}: not a file")
+        try:
+            data = gzip.decompress(file.read_bytes()) if file.suffix == ".gz" else file.read_bytes()
+        except (OSError, EOFError) as error:
+            raise GatesumError(f"{path}: unreadable ({error})") from None
+    lines = []
+    for number, raw in enumerate(data.split(b"\n"), start=1):
+        try:
+            lines.append(raw.decode("utf-8").removesuffix("\r"))
+        except UnicodeDecodeError as error:
+            raise GatesumError(f"{name}: line {number} is not UTF-8 (byte {error.start + 1})") from None
+    if lines:
+        lines[0] = lines[0].removeprefix("\ufeff")  # a byte-order mark is not text
+    return lines
+
+
+def is_json_lines(path: str | None, lines: list[str], format: str) -> bool:
+    if format != "auto":
+        return format == "jsonl"
+    if path and path.lower().endswith((".jsonl", ".jsonl.gz")):
+        return True
+    first = next((line for line in lines if line.strip()), "")
+    return first.lstrip().startswith("{")
+
+
+def parse_json_lines(name: str, lines: list[str], text_field: str) -> list[Document]:
+    """One document per non-blank line; GatesumError names the first bad line."""
+    documents = []
+    for number, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as error:
+            raise GatesumError(
+                f"{name}: line {number} is not valid JSON ({error.msg}, column {error.colno})"
+            ) from None
+        if not isinstance(record, dict):
+            raise GatesumError(f"{name}: line {number} is not a JSON object")
+        if text_field not in record:
+            fields = ", ".join(record) or "none"
+            raise GatesumError(f"{name}: line {number} has no field {text_field!r} (fields: {fields})")
+        text = record[text_field]
+        if not isinstance(text, str):
+            raise GatesumError(f"{name}: line {number}: field {text_field!r} is {_json_kind(text)}, not text")
+        documents.append(Document(text, number, record))
+    return documents
+
+
+def _json_kind(value: Any) -> str:
+    kinds = {bool: "a boolean", int: "a number", float: "a number", list: "a list", dict: "an object"}
+    return "null" if value is None else kinds.get(type(value), type(value).__name__)
+
+
+def parse_text_blocks(lines: list[str]) -> list[Document]:
+    """One document per block of non-blank lines; blank lines separate documents."""
+    documents: list[Document] = []
+    block: list[str] = []
+    for number, line in enumerate([*lines, ""], start=1):
+        if line.strip():
+            block.append(line)
+        elif block:
+            start = number - len(block)
+            documents.append(
+                Document("\n".join(block), start, {"document": len(documents) + 1, "line": start})
+            )
+            block = []
+    return documents
+
+
+# --- summarizing and writing ----------------------------------------------------------------------
+
+
+@contextmanager
+def open_output(path: str | None) -> Iterator[IO[str]]:
+    if path is None:
+        yield sys.stdout
+        return
+    try:
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        handle = open(path, "w", encoding="utf-8")  # noqa: SIM115 (closed below; the open may fail alone)
+    except OSError as error:
+        raise GatesumError(f"{path}: cannot write ({error.strerror})") from None
+    with handle:
+        yield handle
+
+
+def write_summaries(bundle: Bundle, documents: list[Document], output: IO[str], generation: GenerationConfig,
+                    batch_size: int) -> Iterator[int]:  # fmt: skip
+    """Summarize ``documents`` a chunk at a time, write each as a JSON line in input order and flush;
+    yields the number of documents written after each chunk (for a progress bar)."""
+    chunk_size = max(CHUNK_DOCUMENTS, 4 * batch_size)
+    for begin in range(0, len(documents), chunk_size):
+        chunk = documents[begin : begin + chunk_size]
+        texts = [(index, document.text) for index, document in enumerate(chunk) if document.text.strip()]
+        summaries: list[Summary | None] = [None] * len(chunk)
+        if texts:
+            results = summarize_texts(bundle, [text for _, text in texts], generation, batch_size)
+            for (index, _), summary in zip(texts, results):
+                summaries[index] = summary
+        for document, summary in zip(chunk, summaries):
+            output.write(json.dumps(document.output(summary), ensure_ascii=False) + "\n")
+        output.flush()
+        yield len(chunk)
