@@ -93,15 +93,24 @@ class Decoder(nn.Module):
         else:
             self.output = nn.Linear(H, config.vocab_size)
 
-    def initial_state(self, encoded: EncoderOutput, layers: list) -> DecoderState:
+    def initial_state(
+        self, encoded: EncoderOutput, layers: list, track_coverage: bool = True
+    ) -> DecoderState:
+        """The state before the first step. ``track_coverage=False`` skips the coverage input,
+        which is exact while its weight w_c is still 0 (see ``coverage_in_use``)."""
         B = encoded.outputs.shape[0]
-        attentional = (
-            encoded.outputs.new_zeros(B, self.config.decoder_hidden_size) if self.uses_attention else None
-        )
-        coverage = (
-            encoded.mask.new_zeros(encoded.mask.shape, dtype=torch.float32) if self.config.coverage else None
-        )
+        H = self.config.decoder_hidden_size
+        attentional = encoded.outputs.new_zeros(B, H) if self.uses_attention else None
+        coverage = None
+        if self.config.coverage and track_coverage:
+            coverage = encoded.mask.new_zeros(encoded.mask.shape, dtype=torch.float32)
         return DecoderState(layers, attentional, coverage)
+
+    def coverage_in_use(self) -> bool:
+        """Whether the coverage input changes anything: w_c starts at 0 and stays there until a
+        coverage phase trains it, and until then the (costly) coverage feature can be skipped."""
+        weight = self.attention.coverage_weight if self.uses_attention else None
+        return weight is not None and bool(weight.detach().ne(0).any())
 
     def keys(self, encoded: EncoderOutput) -> Tensor | None:
         """The query-independent part of attention, computed once per source."""

@@ -51,7 +51,8 @@ class Summarizer(nn.Module):
         """
         weight = self.config.coverage_loss_weight if coverage_loss_weight is None else coverage_loss_weight
         encoded = self.encoder(source, source_lengths)
-        state = self.decoder.initial_state(encoded, self.bridge(encoded))
+        track_coverage = weight > 0 or self.decoder.coverage_in_use()
+        state = self.decoder.initial_state(encoded, self.bridge(encoded), track_coverage)
         keys = self.decoder.keys(encoded)
         attentional, attention, copy_gate, coverage = [], [], [], []
         for token in target_input.unbind(1):
@@ -72,7 +73,7 @@ class Summarizer(nn.Module):
             nll = F.cross_entropy(logits.transpose(1, 2), target_output, reduction="none")  # (B, T)
         nll = (nll * target_mask).sum() / tokens
         loss, stats = nll, {"nll": nll.item(), "tokens": int(tokens)}
-        if self.config.coverage and weight > 0:
+        if state.coverage is not None and weight > 0:
             # See et al. eq. 12: Σ_i min(a_t,i, c_t,i), what is attended again after being covered.
             overlap = torch.minimum(torch.stack(attention, 1), torch.stack(coverage, 1)).sum(-1)  # (B, T)
             coverage_loss = (overlap * target_mask).sum() / tokens
@@ -113,7 +114,7 @@ class Summarizer(nn.Module):
         B, K = source.shape[0], config.beam_size
         if K > 1:
             encoded = encoded.index_select(torch.arange(B, device=source.device).repeat_interleave(K))
-        state = self.decoder.initial_state(encoded, self.bridge(encoded))
+        state = self.decoder.initial_state(encoded, self.bridge(encoded), self.decoder.coverage_in_use())
         keys = self.decoder.keys(encoded)
 
         def step(tokens: Tensor, state: DecoderState):

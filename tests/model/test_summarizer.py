@@ -158,3 +158,20 @@ def test_copy_reproduces_spans_of_fresh_random_tokens():
         exact[copy] = sum(got == want for got, want in zip(result.tokens, targets)) / len(targets)
     assert exact[True] >= 0.8, exact
     assert exact[False] <= exact[True] - 0.5, exact
+
+
+def test_skipping_the_untrained_coverage_input_is_exact():
+    """Before the coverage phase w_c = 0, so the coverage feature may be skipped; after, not."""
+    torch.manual_seed(0)
+    model = Summarizer(tiny_config(coverage=True)).eval()
+    batch = make_batch(SOURCES, TARGETS)
+    assert not model.decoder.coverage_in_use()
+    _, skipped = model(*batch, coverage_loss_weight=0.0)  # coverage not tracked
+    _, tracked = model(*batch, coverage_loss_weight=1e-9)  # coverage tracked, w_c = 0
+    assert "coverage_loss" in tracked and "coverage_loss" not in skipped
+    assert abs(skipped["nll"] - tracked["nll"]) < 1e-6
+    with torch.no_grad():
+        model.decoder.attention.coverage_weight.fill_(0.5)
+    assert model.decoder.coverage_in_use()
+    _, used = model(*batch, coverage_loss_weight=0.0)
+    assert abs(used["nll"] - skipped["nll"]) > 1e-4  # a trained w_c now changes the output
