@@ -163,10 +163,12 @@ def load_options(args: argparse.Namespace) -> Options:
             raise GatesumError(f"{args.config}: unknown tables {unknown}; expected {sorted(SECTIONS)}")
         for name, values in loaded.items():
             tables[name].update(values)
-    for dest, value in vars(args).items():
-        if "." in dest and value is not None:
-            section, key = dest.split(".", 1)
-            tables[section][key] = value
+    given = {dest: value for dest, value in vars(args).items() if "." in dest and value is not None}
+    if "data.dataset" in given and "data.data_files" not in given:
+        tables["data"]["data_files"] = []  # --dataset on the command line wins over the config's files
+    for dest, value in given.items():
+        section, key = dest.split(".", 1)
+        tables[section][key] = value
     for assignment in args.model:
         key, separator, value = assignment.partition("=")
         if not separator:
