@@ -15,7 +15,7 @@ import torch
 from torch import Tensor
 
 from model.bundle import Bundle
-from model.memory import memory_trace
+from model.memory import gate_retention, memory_trace
 from model.search import GenerationConfig
 from model.text import detokenize, normalize
 
@@ -85,18 +85,26 @@ def summarize_texts(
                     summary.attention = output.attention[position][:, :length]
                 summary.source_ids = rows[position]
                 summary.encoder_gates = _top_forward_gates(output.encoder_gates, bundle, position, length)
-                summary.memory_trace = source_memory_trace(bundle, rows[position])
+                summary.memory_trace = source_memory_trace(bundle, rows[position], summary.encoder_gates)
             results[index] = summary
     return results
 
 
-def source_memory_trace(bundle: Bundle, source_ids: list[int]) -> list[float]:
-    """Retention of each source token at the end of the document (see model/memory.py)."""
+def source_memory_trace(
+    bundle: Bundle, source_ids: list[int], gates: dict[str, Tensor] | None = None
+) -> list[float]:
+    """Retention of each source token at the end of the document (see model/memory.py), for
+    the encoder's top layer, forward direction. LSTM/GRU: from ``gates`` when the caller has
+    them (no second encoder pass); plain RNN: a Jacobian norm, so the encoder runs under autograd."""
     model = bundle.model
-    device = next(model.parameters()).device
-    embedded = model.embedding(torch.tensor([source_ids], device=device))  # (1, S, E)
-    with torch.enable_grad():  # the plain RNN's trace is a Jacobian norm, computed by autograd
-        retention = memory_trace(model.encoder.recurrent, embedded.detach(), None)
+    cell = model.config.encoder_cell
+    if gates and cell in ("lstm", "gru"):
+        retention = gate_retention(cell, {name: values.unsqueeze(0) for name, values in gates.items()})
+    else:
+        device = next(model.parameters()).device
+        embedded = model.embedding(torch.tensor([source_ids], device=device))  # (1, S, E)
+        with torch.enable_grad():
+            retention = memory_trace(model.encoder.recurrent, embedded.detach(), None)
     return retention[0].detach().cpu().tolist()
 
 

@@ -1,0 +1,69 @@
+# gatesum REST service: `gatesum serve` on port 8000, with the bundled model when it exists.
+#
+#   docker build -t gatesum .                      CPU PyTorch (the default)
+#   docker run -p 8000:8000 gatesum                then http://localhost:8000/
+#
+# GPU serving: a CUDA base with apt and the matching PyTorch wheel index, e.g.
+#   docker build --build-arg BASE=nvidia/cuda:12.8.1-cudnn-runtime-ubuntu24.04 \
+#                --build-arg TORCH_VARIANT=cu128 -t gatesum:cuda .
+#   docker run --gpus all -e GATESUM_DEVICE=cuda -p 8000:8000 gatesum:cuda
+#
+# BASE is any Debian or Ubuntu image (python3 comes from apt): where Docker Hub is out of
+# reach, build one with debootstrap (scripts/docker-check does, and builds this with podman).
+# A CPU torch wheel placed in build/docker-wheels/ is installed instead of downloading one.
+ARG BASE=debian:bookworm-slim
+FROM ${BASE}
+
+ARG TORCH_VERSION=2.13.0
+ARG TORCH_VARIANT=cpu
+# pip inside the build trusts the system CA bundle (which includes a proxy's CA, if the base has it)
+ARG PIP_CERT=/etc/ssl/certs/ca-certificates.crt
+ENV DEBIAN_FRONTEND=noninteractive \
+    PIP_NO_CACHE_DIR=1 \
+    PIP_DISABLE_PIP_VERSION_CHECK=1 \
+    PYTHONDONTWRITEBYTECODE=1 \
+    PYTHONUNBUFFERED=1 \
+    PATH=/opt/gatesum/bin:$PATH
+
+RUN apt-get update \
+ && apt-get install -y --no-install-recommends python3 python3-venv ca-certificates \
+ && rm -rf /var/lib/apt/lists/* \
+ && python3 -m venv /opt/gatesum
+
+# PyTorch first, in its own layer (the largest): a local CPU wheel if the context has one,
+# else from PyTorch's index for TORCH_VARIANT (cpu, cu128, ...). pyproject.toml is listed so
+# that the copy never has zero sources when build/docker-wheels/ is absent.
+COPY pyproject.toml build/docker-wheel[s] /tmp/build/
+RUN if ls /tmp/build/torch-*.whl >/dev/null 2>&1; then \
+      pip install /tmp/build/torch-*.whl; \
+    else \
+      pip install --index-url "https://download.pytorch.org/whl/${TORCH_VARIANT}" \
+                  --extra-index-url https://pypi.org/simple "torch==${TORCH_VERSION}"; \
+    fi
+
+# the package's dependencies (cached until pyproject.toml changes), then the package itself
+RUN python -c "import tomllib; print('\n'.join(tomllib.load(open('/tmp/build/pyproject.toml', 'rb'))['project']['dependencies']))" \
+      > /tmp/build/requirements.txt \
+ && pip install -r /tmp/build/requirements.txt
+COPY model /src/model
+COPY training /src/training
+COPY service /src/service
+COPY benchmarks /src/benchmarks
+RUN cp /tmp/build/pyproject.toml /src/ \
+ && pip install --no-deps /src \
+ && rm -rf /src /tmp/build
+
+# the bundled model, when the repository has one (pyproject.toml again keeps the copy non-empty);
+# readable by the service user (bundles are written 0700), owned by root so it cannot change them
+COPY --chmod=755 pyproject.toml pretraine[d] /app/pretrained/
+RUN rm /app/pretrained/pyproject.toml \
+ && useradd --system --uid 10001 --home-dir /app --shell /usr/sbin/nologin gatesum
+
+USER gatesum
+WORKDIR /app
+ENV GATESUM_MODEL=/app/pretrained/cnndm-lstm-small \
+    GATESUM_PORT=8000
+EXPOSE 8000
+HEALTHCHECK --interval=10s --timeout=3s --start-period=60s --retries=3 \
+  CMD ["python", "-c", "import os, urllib.request; urllib.request.urlopen('http://127.0.0.1:%s/healthz' % os.environ['GATESUM_PORT'], timeout=2)"]
+ENTRYPOINT ["gatesum", "serve", "--host", "0.0.0.0"]

@@ -1,0 +1,27 @@
+"""What ``/v1/explain`` adds to a summary: token strings, the cross-attention matrix and the
+encoder's memory trace, as plain lists for JSON (rounded: the page draws them, nobody needs 1e-7)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from model.bundle import Bundle
+from model.pipeline import Summary
+
+DIGITS = 4
+
+
+def explanation(bundle: Bundle, summary: Summary) -> dict[str, Any]:
+    """source_tokens, summary_tokens (EOS included when generated), attention, memory."""
+    source_ids = summary.source_ids or []
+    attention = summary.attention if summary.attention is not None else torch.zeros(0, len(source_ids))
+    rows = attention.shape[0]  # summary tokens + EOS, or fewer when max_length cut it short
+    summary_ids = [*summary.token_ids, bundle.model.config.eos_id][:rows]
+    return {
+        "source_tokens": bundle.tokenizer.id_to_piece(source_ids),
+        "summary_tokens": bundle.tokenizer.id_to_piece(summary_ids),
+        "attention": [[round(value, DIGITS) for value in row] for row in attention.float().tolist()],
+        "memory": [round(value, DIGITS) for value in summary.memory_trace] if summary.memory_trace else None,
+    }

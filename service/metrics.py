@@ -1,0 +1,68 @@
+"""Prometheus metrics of one app (its own registry, so that several apps can live in one process),
+and the pure-ASGI middleware that counts requests and times them."""
+
+from __future__ import annotations
+
+import time
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
+BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64)
+
+
+class Metrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        self.requests = Counter(
+            "gatesum_requests", "HTTP requests by route and status", ["route", "status"],
+            registry=self.registry,
+        )  # fmt: skip
+        self.latency = Histogram(
+            "gatesum_request_latency_seconds", "HTTP request latency by route", ["route"],
+            buckets=LATENCY_BUCKETS, registry=self.registry,
+        )  # fmt: skip
+        self.model_latency = Histogram(
+            "gatesum_model_call_seconds", "time of one model call (one micro-batch group)",
+            buckets=LATENCY_BUCKETS, registry=self.registry,
+        )  # fmt: skip
+        self.batch_size = Histogram(
+            "gatesum_batch_size", "texts per model call", buckets=BATCH_BUCKETS, registry=self.registry
+        )
+        self.queue_depth = Gauge("gatesum_queue_depth", "texts waiting for the model", registry=self.registry)
+        self.rejected = Counter(
+            "gatesum_rejected", "requests refused by the service", ["reason"], registry=self.registry
+        )
+
+    def observe_model_call(self, texts: int, seconds: float) -> None:
+        self.batch_size.observe(texts)
+        self.model_latency.observe(seconds)
+
+
+class MetricsMiddleware:
+    """Counts and times every HTTP request; the route label is the path of a known route, else
+    "other" (so that scanning random URLs cannot blow up the number of series)."""
+
+    def __init__(self, app: ASGIApp, metrics: Metrics, routes: set[str]) -> None:
+        self.app, self.metrics, self.routes = app, metrics, routes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        route = scope["path"] if scope["path"] in self.routes else "other"
+        status = 500  # unless a response starts
+        started = time.perf_counter()
+
+        async def send_with_status(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_with_status)
+        finally:
+            self.metrics.requests.labels(route, str(status)).inc()
+            self.metrics.latency.labels(route).observe(time.perf_counter() - started)

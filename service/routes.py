@@ -1,0 +1,115 @@
+"""The HTTP routes: typed handlers that parse, call the ``ModelService`` and shape the answer."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+from fastapi import APIRouter, HTTPException, Response
+from fastapi.responses import FileResponse, JSONResponse
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from model.pipeline import Summary
+from service.batching import QueueFull
+from service.explain import explanation
+from service.schemas import (
+    BatchRequest,
+    BatchResponse,
+    ErrorResponse,
+    ExplainResponse,
+    Health,
+    ModelCard,
+    SummarizeRequest,
+    SummaryResponse,
+)
+from service.state import ModelService, ReadyService, Service
+
+STATIC = Path(__file__).parent / "static"
+ERRORS = {
+    422: {"model": ErrorResponse, "description": "a field is missing, of the wrong type or out of bounds"},
+    503: {"model": ErrorResponse, "description": "model not loaded, or the queue is full (see Retry-After)"},
+    504: {"model": ErrorResponse, "description": "the request took longer than the service's timeout"},
+}
+router = APIRouter()
+
+
+@router.get("/", include_in_schema=False)
+def index() -> FileResponse:
+    """The web page: paste a text, see its summary, attention and memory trace."""
+    return FileResponse(STATIC / "index.html")
+
+
+@router.get("/healthz", response_model=Health)
+def healthz() -> Health:
+    """The process is alive (says nothing about the model)."""
+    return Health(status="ok")
+
+
+@router.get("/readyz", response_model=Health, responses={503: {"model": Health}})
+def readyz(service: Service) -> Health | JSONResponse:
+    """The model is loaded and requests can be served; 503 with the reason until then."""
+    if not service.ready:
+        return JSONResponse(Health(status="unavailable", reason=service.reason).model_dump(), status_code=503)
+    return Health(status="ready", model=service.name)
+
+
+@router.get("/v1/model", response_model=ModelCard, responses={503: ERRORS[503]})
+def model_card(service: ReadyService) -> ModelCard:
+    """The model bundle's card: cell, sizes, training data, metrics."""
+    return ModelCard(name=service.name, path=str(service.bundle.path), card=service.bundle.card)
+
+
+@router.post("/v1/summarize", response_model=SummaryResponse, responses=ERRORS)
+async def summarize(request: SummarizeRequest, service: ReadyService) -> SummaryResponse:
+    """Summarize one text."""
+    started = time.perf_counter()
+    [summary] = await _summarize(service, [request.text], request)
+    return _response(summary, started, service)
+
+
+@router.post("/v1/summarize/batch", response_model=BatchResponse, responses=ERRORS)
+async def summarize_batch(request: BatchRequest, service: ReadyService) -> BatchResponse:
+    """Summarize up to the batch limit of texts; results in request order."""
+    started = time.perf_counter()
+    summaries = await _summarize(service, request.texts, request)
+    return BatchResponse(results=[_response(summary, started, service) for summary in summaries])
+
+
+@router.post("/v1/explain", response_model=ExplainResponse, responses=ERRORS)
+async def explain(request: SummarizeRequest, service: ReadyService) -> ExplainResponse:
+    """Summarize one text, with cross-attention (summary × source tokens) and memory trace."""
+    started = time.perf_counter()
+    [summary] = await _summarize(service, [request.text], request, explain=True)
+    return ExplainResponse(
+        **_response(summary, started, service).model_dump(), **explanation(service.bundle, summary)
+    )
+
+
+@router.get("/metrics", include_in_schema=False)
+def metrics(service: Service) -> Response:
+    """Prometheus metrics: requests, latency, batch sizes, queue depth."""
+    return Response(generate_latest(service.metrics.registry), media_type=CONTENT_TYPE_LATEST)
+
+
+async def _summarize(service: ModelService, texts: list[str], request: SummarizeRequest | BatchRequest,
+                     explain: bool = False) -> list[Summary]:  # fmt: skip
+    """The model call through the batcher, its refusals as HTTP errors."""
+    try:
+        return await service.summarize(texts, request, explain)
+    except QueueFull as error:
+        service.metrics.rejected.labels("queue_full").inc()
+        retry = str(service.settings.retry_after_s)
+        raise HTTPException(503, f"busy: {error}; retry later", headers={"Retry-After": retry}) from None
+    except TimeoutError:
+        service.metrics.rejected.labels("timeout").inc()
+        raise HTTPException(504, f"timed out after {service.settings.request_timeout_s:g} s") from None
+
+
+def _response(summary: Summary, started: float, service: ModelService) -> SummaryResponse:
+    return SummaryResponse(
+        summary=summary.summary,
+        input_tokens=summary.input_tokens,
+        truncated=summary.truncated,
+        elapsed_ms=round((time.perf_counter() - started) * 1000, 2),
+        model=service.name,
+    )

@@ -1,0 +1,180 @@
+"""Request and response bodies. Every field is bounded here, so a bad request is a readable 422.
+
+The text and batch limits come from ``Settings`` (``GATESUM_MAX_TEXT_CHARS``,
+``GATESUM_MAX_BATCH_TEXTS``) read once at import, so that they also appear in the OpenAPI schema.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
+
+from service.settings import get_settings
+
+_limits = get_settings()
+EXAMPLE_TEXT = (
+    "The city council voted on Tuesday to build a new bridge across the river. "
+    "Construction will begin next spring and is expected to take two years. "
+    "The mayor said the bridge would cut commuting times by half."
+)
+
+
+def _not_blank(text: str) -> str:
+    if not text.strip():
+        raise ValueError("text is empty or only whitespace")
+    return text
+
+
+Text = Annotated[str, Field(min_length=1, max_length=_limits.max_text_chars), AfterValidator(_not_blank)]
+
+
+class GenerationOptions(BaseModel):
+    """Search settings; a field left out takes the service's default."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    max_length: int | None = Field(None, ge=1, le=256, description="summary tokens, at most")
+    min_length: int | None = Field(None, ge=0, le=256, description="summary tokens, at least")
+    beam_size: int | None = Field(None, ge=1, le=16, description="1 = greedy search")
+    length_penalty: float | None = Field(None, ge=0, le=5, description="GNMT α; higher favours longer")
+    no_repeat_ngram_size: int | None = Field(None, ge=0, le=16, description="0 = allow repeats")
+
+    @model_validator(mode="after")
+    def _lengths_ordered(self) -> GenerationOptions:
+        if self.min_length is not None and self.max_length is not None and self.min_length > self.max_length:
+            raise ValueError("min_length must not exceed max_length")
+        return self
+
+
+class SummarizeRequest(GenerationOptions):
+    text: Text
+
+    model_config = ConfigDict(
+        extra="forbid", json_schema_extra={"examples": [{"text": EXAMPLE_TEXT, "beam_size": 4}]}
+    )
+
+
+class BatchRequest(GenerationOptions):
+    texts: list[Text] = Field(min_length=1, max_length=_limits.max_batch_texts)
+
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={"examples": [{"texts": [EXAMPLE_TEXT, "Another document to summarize."]}]},
+    )
+
+
+class SummaryResponse(BaseModel):
+    summary: str
+    input_tokens: int = Field(description="source length in tokens, before truncation")
+    truncated: bool = Field(description="the source was longer than the model reads")
+    elapsed_ms: float = Field(description="time in the service, queueing included")
+    model: str = Field(description="the model bundle's name")
+
+    model_config = ConfigDict(
+        protected_namespaces=(),
+        json_schema_extra={
+            "examples": [
+                {
+                    "summary": "The city council voted to build a new bridge.",
+                    "input_tokens": 41,
+                    "truncated": False,
+                    "elapsed_ms": 85.2,
+                    "model": "cnndm-lstm-small",
+                }
+            ]
+        },
+    )
+
+
+class BatchResponse(BaseModel):
+    results: list[SummaryResponse] = Field(description="one per text, in request order")
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [{"results": SummaryResponse.model_config["json_schema_extra"]["examples"]}]
+        }
+    )
+
+
+class ExplainResponse(SummaryResponse):
+    source_tokens: list[str] = Field(description="the tokens the model read (after truncation)")
+    summary_tokens: list[str] = Field(description="the generated tokens, end-of-summary included")
+    attention: list[list[float]] = Field(description="(summary tokens, source tokens), rows sum to 1")
+    memory: list[float] | None = Field(
+        description="per source token: the share of what the encoder wrote there left at the end"
+    )
+
+    model_config = ConfigDict(
+        protected_namespaces=(),
+        json_schema_extra={
+            "examples": [
+                {
+                    "summary": "Council votes for bridge.",
+                    "input_tokens": 4,
+                    "truncated": False,
+                    "elapsed_ms": 40.5,
+                    "model": "cnndm-lstm-small",
+                    "source_tokens": ["▁the", "▁council", "▁voted", "▁yes"],
+                    "summary_tokens": ["▁council", "▁votes", "</s>"],
+                    "attention": [[0.1, 0.8, 0.05, 0.05], [0.0, 0.1, 0.8, 0.1], [0.2, 0.2, 0.2, 0.4]],
+                    "memory": [0.12, 0.35, 0.71, 1.0],
+                }
+            ]
+        },
+    )
+
+
+class ErrorResponse(BaseModel):
+    error: str = Field(description="what went wrong, in one line")
+    detail: list[dict[str, Any]] | None = Field(None, description="each invalid field, for a 422")
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "error": "body.beam_size: Input should be less than or equal to 16",
+                    "detail": [
+                        {
+                            "loc": ["body", "beam_size"],
+                            "msg": "Input should be less than or equal to 16",
+                            "type": "less_than_equal",
+                        }
+                    ],
+                }
+            ]
+        }
+    )
+
+
+class Health(BaseModel):
+    status: str = Field(description="ok (alive), ready, or unavailable")
+    model: str | None = None
+    reason: str | None = Field(None, description="why the service is not ready")
+
+    model_config = ConfigDict(
+        protected_namespaces=(),
+        json_schema_extra={"examples": [{"status": "ready", "model": "cnndm-lstm-small"}]},
+    )
+
+
+class ModelCard(BaseModel):
+    name: str
+    path: str
+    card: dict[str, Any] = Field(description="the bundle's config.json: cell, sizes, data, metrics")
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "name": "cnndm-lstm-small",
+                    "path": "/app/pretrained/cnndm-lstm-small",
+                    "card": {
+                        "model": {"encoder_cell": "lstm", "encoder_hidden_size": 256},
+                        "data": {"source_max_tokens": 400},
+                        "metrics": {"rouge1": 0.36},
+                    },
+                }
+            ]
+        }
+    )

@@ -1,0 +1,49 @@
+"""``Settings``: every knob of the REST service, read from ``GATESUM_*`` environment variables."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+BUNDLED_MODEL = REPO_ROOT / "pretrained" / "cnndm-lstm-small"
+
+
+class Settings(BaseSettings):
+    """Defaults suit one CPU replica; ``GATESUM_MODEL=/path`` serves another bundle."""
+
+    model_config = SettingsConfigDict(env_prefix="GATESUM_", protected_namespaces=())
+
+    model: Path = Field(BUNDLED_MODEL, description="model bundle directory")
+    device: str = Field("cpu", description="torch device for the model: cpu, cuda, cuda:1 ...")
+    host: str = "127.0.0.1"
+    port: int = Field(8000, ge=1, le=65535)
+    torch_threads: int = Field(0, ge=0, description="torch intra-op threads; 0 = torch's default")
+
+    # request limits: enforced by the request schemas (text, batch) and a body-size middleware
+    max_text_chars: int = Field(100_000, ge=1, description="characters per text")
+    max_batch_texts: int = Field(32, ge=1, description="texts per /v1/summarize/batch request")
+    max_body_bytes: int = Field(8 * 1024 * 1024, ge=1024, description="request body size, bytes")
+
+    # micro-batching: concurrent requests are gathered into one model call per generation setting
+    max_batch_size: int = Field(16, ge=1, description="texts per model call")
+    max_wait_ms: float = Field(5.0, ge=0, description="how long the first text waits for company")
+    max_queue: int = Field(256, ge=1, description="texts waiting; past this, 503 + Retry-After")
+    request_timeout_s: float = Field(60.0, gt=0, description="per request; past this, 504")
+    retry_after_s: int = Field(1, ge=0, description="Retry-After of a 503 when the queue is full")
+
+    # generation defaults for a request that does not set them
+    beam_size: int = Field(4, ge=1, le=16)
+    max_length: int = Field(100, ge=1, le=256)
+    min_length: int = Field(0, ge=0, le=256)
+    length_penalty: float = Field(1.0, ge=0, le=5)
+    no_repeat_ngram_size: int = Field(3, ge=0, le=16)
+
+
+@lru_cache
+def get_settings() -> Settings:
+    """The process's settings, read once (request schemas read their limits from it at import)."""
+    return Settings()

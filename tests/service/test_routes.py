@@ -1,0 +1,134 @@
+"""Every route against a tiny bundle: what a client of the API relies on."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from fastapi.testclient import TestClient
+
+from service.app import create_app
+from tests.service.conftest import ARTICLE, SOURCE_MAX_TOKENS, make_settings
+
+
+def test_healthz_and_readyz(client: TestClient) -> None:
+    assert client.get("/healthz").json() == {"status": "ok", "model": None, "reason": None}
+    ready = client.get("/readyz")
+    assert ready.status_code == 200
+    assert ready.json()["model"] == "tiny-untrained"
+
+
+def test_summarize_returns_the_documented_fields(client: TestClient) -> None:
+    response = client.post("/v1/summarize", json={"text": ARTICLE})
+    assert response.status_code == 200
+    body = response.json()
+    assert set(body) == {"summary", "input_tokens", "truncated", "elapsed_ms", "model"}
+    assert isinstance(body["summary"], str) and body["summary"]
+    assert 10 < body["input_tokens"] < SOURCE_MAX_TOKENS and body["truncated"] is False
+    assert body["elapsed_ms"] > 0 and body["model"] == "tiny-untrained"
+
+
+def test_summarize_flags_truncation_past_the_source_limit(client: TestClient) -> None:
+    body = client.post("/v1/summarize", json={"text": ARTICLE * 5}).json()
+    assert body["input_tokens"] > SOURCE_MAX_TOKENS and body["truncated"] is True
+
+
+def test_generation_options_are_applied(client: TestClient) -> None:
+    options = {
+        "beam_size": 3,
+        "max_length": 3,
+        "min_length": 3,
+        "length_penalty": 0.5,
+        "no_repeat_ngram_size": 0,
+    }
+    body = client.post("/v1/explain", json={"text": ARTICLE, **options}).json()
+    assert len(body["summary_tokens"]) == 3  # min_length = max_length = 3 tokens, no room for EOS
+
+
+def test_batch_answers_each_text_in_order(client: TestClient) -> None:
+    texts = [ARTICLE, "The storm hit the coast.", ARTICLE * 5]
+    response = client.post("/v1/summarize/batch", json={"texts": texts})
+    assert response.status_code == 200
+    results = response.json()["results"]
+    singles = [client.post("/v1/summarize", json={"text": text}).json() for text in texts]
+    assert [r["summary"] for r in results] == [s["summary"] for s in singles]
+    assert [r["input_tokens"] for r in results] == [s["input_tokens"] for s in singles]
+    assert [r["truncated"] for r in results] == [False, False, True]
+
+
+def test_explain_returns_attention_and_memory_per_source_token(client: TestClient) -> None:
+    body = client.post("/v1/explain", json={"text": ARTICLE}).json()
+    rows, columns = len(body["summary_tokens"]), len(body["source_tokens"])
+    assert columns == body["input_tokens"]
+    assert 1 <= rows <= 8 + 1  # max_length, plus EOS
+    assert len(body["attention"]) == rows and all(len(row) == columns for row in body["attention"])
+    for row in body["attention"]:
+        assert abs(sum(row) - 1) < 1e-2  # a distribution over the source (rounded to 4 digits)
+    assert len(body["memory"]) == columns
+    assert body["memory"][-1] == 1.0  # the last token is all still there
+    assert all(0 <= value <= 1 for value in body["memory"])
+    assert body["memory"][0] <= body["memory"][-1]
+
+
+def test_model_card(client: TestClient, tiny_bundle: Path) -> None:
+    body = client.get("/v1/model").json()
+    assert body["name"] == "tiny-untrained" and body["path"] == str(tiny_bundle)
+    assert body["card"]["model"]["encoder_cell"] == "lstm"
+    assert body["card"]["model"]["encoder_hidden_size"] == 16
+    assert body["card"]["data"]["source_max_tokens"] == SOURCE_MAX_TOKENS
+
+
+def test_metrics_count_requests_and_batches(client: TestClient) -> None:
+    client.post("/v1/summarize", json={"text": ARTICLE})
+    client.post("/v1/summarize", json={"text": ""})
+    text = client.get("/metrics").text
+    assert 'gatesum_requests_total{route="/v1/summarize",status="200"} 1.0' in text
+    assert 'gatesum_requests_total{route="/v1/summarize",status="422"} 1.0' in text
+    assert "gatesum_request_latency_seconds_bucket" in text
+    assert "gatesum_batch_size_count 1.0" in text
+    assert "gatesum_queue_depth 0.0" in text
+
+
+def test_openapi_has_an_example_on_each_route(client: TestClient) -> None:
+    schema = client.get("/openapi.json").json()
+    components = schema["components"]["schemas"]
+    for path, methods in schema["paths"].items():
+        for method, operation in methods.items():
+            body = operation.get("requestBody", {}).get("content", {}).get("application/json", {})
+            answer = operation["responses"]["200"]["content"]["application/json"]
+            for part in (body, answer):
+                if part:
+                    name = part["schema"]["$ref"].rsplit("/", 1)[-1]
+                    assert components[name].get("examples"), f"{method} {path}: no example for {name}"
+    assert client.get("/docs").status_code == 200
+
+
+def test_index_page_and_static_files(client: TestClient) -> None:
+    page = client.get("/")
+    assert page.status_code == 200 and 'id="heatmap"' in page.text
+    assert client.get("/static/app.js").status_code == 200
+    assert client.get("/static/style.css").status_code == 200
+
+
+def test_missing_model_starts_but_is_not_ready(tmp_path: Path) -> None:
+    with TestClient(create_app(make_settings(tmp_path / "nowhere"))) as client:
+        assert client.get("/healthz").status_code == 200
+        ready = client.get("/readyz")
+        assert ready.status_code == 503
+        assert "nowhere" in ready.json()["reason"] and "GATESUM_MODEL" in ready.json()["reason"]
+        refused = client.post("/v1/summarize", json={"text": ARTICLE})
+        assert refused.status_code == 503 and "model not ready" in refused.json()["error"]
+        assert client.get("/v1/model").status_code == 503
+
+
+def test_corrupt_bundle_is_a_readable_503_not_a_traceback(tmp_path: Path, tiny_bundle: Path) -> None:
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    for name in ("config.json", "tokenizer.model"):
+        (broken / name).write_bytes((tiny_bundle / name).read_bytes())
+    (broken / "model.safetensors").write_bytes(b"not weights")
+    with TestClient(create_app(make_settings(broken))) as client:
+        reason = client.get("/readyz").json()["reason"]
+        assert "model.safetensors" in reason and "Traceback" not in reason
+    card = json.loads((tiny_bundle / "config.json").read_text())
+    assert card["format"] == "gatesum-bundle"  # the fixture bundle itself is untouched
