@@ -228,7 +228,7 @@ class LSTMCell(_Cell):
         gates = None
         if return_gates:
             gates = {"input": input_gate, "forget": forget_gate, "output": output_gate,
-                     "candidate": candidate, "cell": c}  # fmt: skip
+                     "candidate": candidate, "cell": c}
         return (h, c), gates
 
     @classmethod
