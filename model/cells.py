@@ -227,8 +227,13 @@ class LSTMCell(_Cell):
         h = output_gate * torch.tanh(c)
         gates = None
         if return_gates:
-            gates = {"input": input_gate, "forget": forget_gate, "output": output_gate,
-                     "candidate": candidate, "cell": c}
+            gates = {
+                "input": input_gate,
+                "forget": forget_gate,
+                "output": output_gate,
+                "candidate": candidate,
+                "cell": c,
+            }
         return (h, c), gates
 
     @classmethod

@@ -6,7 +6,7 @@ from torch import nn
 
 from model.cells import GRUCell, LSTMCell, RNNCell
 
-B, I, H = 5, 7, 11
+B, I, H = 5, 7, 11  # noqa: E741 (the equations' symbols)
 
 
 @pytest.fixture(autouse=True)

@@ -72,7 +72,8 @@ def test_reverse_padded_reverses_within_each_length():
     x = torch.arange(8.0).view(2, 4, 1)
     got = reverse_padded(x, torch.tensor([4, 2]))[..., 0]
     assert got.tolist() == [[3, 2, 1, 0], [5, 4, 6, 7]]
-    torch.testing.assert_close(reverse_padded(reverse_padded(x, torch.tensor([4, 2])), torch.tensor([4, 2])), x)
+    lengths = torch.tensor([4, 2])
+    torch.testing.assert_close(reverse_padded(reverse_padded(x, lengths), lengths), x)
 
 
 def test_gradients_flow_to_every_parameter():
