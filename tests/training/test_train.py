@@ -19,7 +19,10 @@ from model.bundle import load_bundle
 from service.cli import main
 
 REPO = Path(__file__).resolve().parents[2]
-WORDS = "police president government city council minister court team fans storm river school".split()
+WORDS = (
+    "police president government city council minister court players team fans storm river "
+    "school doctors hospital company market prices election voters"
+).split()
 
 
 def write_pairs(path: Path, count: int, seed: int = 0) -> Path:
@@ -170,3 +173,19 @@ def test_resume_after_kill_reaches_the_same_weights(tmp_path):
     assert want.keys() == got.keys()
     for name in want:
         torch.testing.assert_close(got[name], want[name], atol=1e-6, rtol=0, msg=name)
+
+
+@pytest.mark.slow
+def test_two_gloo_processes_train_in_step(tmp_path):
+    """torchrun with 2 CPU processes (gloo): DDP keeps the replicas equal, rank 0 alone writes."""
+    data = write_pairs(tmp_path / "pairs.jsonl", 60)
+    output = tmp_path / "ddp"
+    command = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--standalone",
+               "-m", "service.cli", *train_arguments(data, output, 6)]  # fmt: skip
+    result = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=600,
+                            env={**os.environ, "TQDM_DISABLE": "1"})  # fmt: skip
+    assert result.returncode == 0, result.stderr[-2000:]
+    card = load_bundle(output / "checkpoint").card
+    assert card["training"]["world_size"] == 2 and card["training"]["step"] == 6
+    records = [record for record in read_metrics(output) if "loss" in record]
+    assert [record["step"] for record in records] == [2, 4, 6]  # one writer: no duplicate lines
