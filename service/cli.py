@@ -20,6 +20,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "summarize": ("training.summarize", "summarize JSON Lines or plain text documents"),
     "serve": ("service.server", "start the REST service and web page"),
     "memory": ("training.memory", "the long-document memory experiment and traces"),
+    "export": ("training.export", "copy a trained bundle into a shippable one (float16 weights)"),
     "bench": ("benchmarks", "benchmarks: cells, serve"),
 }
 

@@ -1,0 +1,31 @@
+"""gatesum export: float16 storage, float32 compute, same summaries."""
+
+import json
+
+from model.bundle import load_bundle
+from model.pipeline import summarize_texts
+from model.search import GenerationConfig
+
+
+def test_export_halves_the_weights_and_keeps_the_summaries(tiny_bundle, tmp_path, gatesum):
+    output = tmp_path / "shipped"
+    result = gatesum("export", "--model", tiny_bundle, "--output", output, "--name", "tiny-shipped")
+    assert result.code == 0, result.err
+    original, shipped = load_bundle(tiny_bundle), load_bundle(output)
+    assert shipped.name == "tiny-shipped"
+    assert json.loads((output / "config.json").read_text())["weights_dtype"] == "float16"
+    assert (output / "model.safetensors").stat().st_size < 0.6 * (
+        tiny_bundle / "model.safetensors"
+    ).stat().st_size
+    assert all(p.dtype.is_floating_point and p.dtype.itemsize == 4 for p in shipped.model.parameters())
+    texts = ["The police said the storm hit the coast. The court found the report new."]
+    config = GenerationConfig(beam_size=2, max_length=12)
+    assert (
+        summarize_texts(shipped, texts, config)[0].token_ids
+        == summarize_texts(original, texts, config)[0].token_ids
+    )
+
+
+def test_export_onto_itself_is_refused(tiny_bundle, gatesum):
+    result = gatesum("export", "--model", tiny_bundle, "--output", tiny_bundle)
+    assert result.code == 2 and "must differ" in result.err
