@@ -17,7 +17,7 @@ from torch import Tensor
 from model.bundle import Bundle
 from model.memory import gate_retention, memory_trace
 from model.search import GenerationConfig
-from model.text import detokenize, normalize
+from model.text import detokenize, normalize, source_casing
 
 DEFAULT_SOURCE_MAX_TOKENS = 400
 
@@ -76,9 +76,8 @@ def summarize_texts(
         for position, index in enumerate(chunk):
             token_ids = output.tokens[position]
             normalized = bundle.tokenizer.decode(token_ids)
-            summary = Summary(
-                detokenize(normalized), normalized, lengths[index], lengths[index] > limit, token_ids
-            )
+            readable = detokenize(normalized, source_casing(texts[index]))  # names cased as in the source
+            summary = Summary(readable, normalized, lengths[index], lengths[index] > limit, token_ids)
             if explain:
                 length = len(rows[position])
                 if output.attention is not None:

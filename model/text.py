@@ -257,7 +257,33 @@ def _cased(token: str) -> str:
     return token
 
 
-def _detokenize_line(tokens: list[str]) -> str:
+_RAW_WORD = re.compile(r"[^\W\d_][\w.&-]*[\w]|[^\W\d_]")
+_AFTER_SENTENCE_END = re.compile(r"(?:^|[.!?:]['\")\]]?)\s*$")
+
+
+def source_casing(raw_text: str) -> dict[str, str]:
+    """lowercased word -> how the raw source writes it mid-sentence, when mostly not lowercase.
+
+    The model reads and writes lowercased text; names it copies ("atlantic", "icc") get their
+    case back from the document they came from. Sentence-initial words are not counted: "The"
+    there says nothing about "the".
+    """
+    forms: dict[str, dict[str, int]] = {}
+    for match in _RAW_WORD.finditer(raw_text):
+        if _AFTER_SENTENCE_END.search(raw_text[max(0, match.start() - 3) : match.start()]):
+            continue
+        word = match.group()
+        counts = forms.setdefault(word.lower(), {})
+        counts[word] = counts.get(word, 0) + 1
+    casing = {}
+    for lower, counts in forms.items():
+        best = max(counts, key=counts.get)
+        if best != lower and counts[best] > counts.get(lower, 0):
+            casing[lower] = best
+    return casing
+
+
+def _detokenize_line(tokens: list[str], casing: dict[str, str] | None = None) -> str:
     out: list[str] = []
     glue_next = True  # no space before the next token
     open_double = open_single = False
@@ -286,7 +312,7 @@ def _detokenize_line(tokens: list[str]) -> str:
             open_single = not open_single and not possessive
         elif token in ("-", "/") and out and index + 1 < len(tokens):
             left = right = True  # miami - dade -> miami-dade, and / or -> and/or
-        token = _cased(token)
+        token = casing[token] if casing and token in casing else _cased(token)
         if sentence_start and token[:1].isalnum():
             token = token[:1].upper() + token[1:]
             sentence_start = False
@@ -298,11 +324,13 @@ def _detokenize_line(tokens: list[str]) -> str:
     return "".join(out)
 
 
-def detokenize(text: str) -> str:
+def detokenize(text: str, casing: dict[str, str] | None = None) -> str:
     """Model output (normalized style) -> readable text.
 
     ``the u.s. said " it 's fine . "`` -> ``The U.S. said "it's fine."``: clitics, brackets,
     quotes, hyphens and punctuation are re-attached, sentences start with a capital and a small
-    list restores the case of common acronyms, titles, days and months. Line breaks are kept.
+    list restores the case of common acronyms, titles, days and months; ``casing`` (from
+    ``source_casing`` of the raw input) restores the case of words the source writes cased.
+    Line breaks are kept.
     """
-    return "\n".join(_detokenize_line(line.split()) for line in text.splitlines())
+    return "\n".join(_detokenize_line(line.split(), casing) for line in text.splitlines())

@@ -143,3 +143,13 @@ def test_detokenized_cased_text_reads_like_the_original() -> None:
     similarity = SequenceMatcher(None, raw.lower().split(), readable.lower().split(), autojunk=False).ratio()
     assert similarity > 0.98
     assert readable[0].isupper()
+
+
+def test_source_casing_restores_names_the_source_writes_cased():
+    from model.text import source_casing
+
+    raw = "The Space Agency said on Monday it reached orbit. The satellite watches the Atlantic. The ICC agreed."
+    casing = source_casing(raw)
+    assert casing["atlantic"] == "Atlantic" and casing["icc"] == "ICC" and casing["monday"] == "Monday"
+    assert "the" not in casing  # sentence-initial "The" says nothing about "the"
+    assert detokenize("the icc watches the atlantic .", casing) == "The ICC watches the Atlantic."
