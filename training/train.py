@@ -94,6 +94,11 @@ class Trainer:
     def _prepare(self) -> None:
         options, config = self.options, self.train_config
         self.output_dir.mkdir(parents=True, exist_ok=True)
+        if not config.resume and (self.output_dir / "checkpoint").exists():
+            raise GatesumError(
+                f"{self.output_dir}/checkpoint exists: pass --resume to continue that run, "
+                "or choose another --output-dir"
+            )  # never overwrite a run by accident
         state = checkpoint.load_trainer_state(self.output_dir) if config.resume else None
         pairs = load_pairs(options.data)
         pairs, validation = validation_pairs(pairs, options.data, config)

@@ -189,3 +189,11 @@ def test_two_gloo_processes_train_in_step(tmp_path):
     assert card["training"]["world_size"] == 2 and card["training"]["step"] == 6
     records = [record for record in read_metrics(output) if "loss" in record]
     assert [record["step"] for record in records] == [2, 4, 6]  # one writer: no duplicate lines
+
+
+def test_a_fresh_run_never_overwrites_an_existing_one(tmp_path, capsys):
+    data = write_pairs(tmp_path / "pairs.jsonl", 40)
+    output = tmp_path / "run"
+    (output / "checkpoint").mkdir(parents=True)
+    assert main(train_arguments(data, output, 2)) == 2
+    assert "pass --resume" in capsys.readouterr().err
