@@ -454,6 +454,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     trace.add_argument("--model", type=Path, required=True, help="model bundle folder")
     trace.add_argument("--input", type=Path, required=True, help="a plain-text document")
     trace.add_argument("--output", type=Path, required=True, help="PNG to write")
+    compare = actions.add_parser("compare", help="rnn/gru/lstm encoders on real summaries, attention on/off")
+    from training import compare_cells
+
+    compare_cells.add_arguments(compare)
 
 
 def config_from_args(args: argparse.Namespace) -> MemoryConfig:
@@ -501,6 +505,10 @@ def run_trace(args: argparse.Namespace) -> int:
 def run(args: argparse.Namespace) -> int:
     if getattr(args, "action", None) == "trace":
         return run_trace(args)
+    if getattr(args, "action", None) == "compare":
+        from training import compare_cells
+
+        return compare_cells.run(args)
     config = config_from_args(args)
     if min(config.lags) < 1 or config.seeds < 1:
         raise GatesumError("lags and seeds must be positive")
