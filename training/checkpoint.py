@@ -9,13 +9,14 @@ swap and read with ``weights_only=True``: tensors and plain containers, no pickl
 from __future__ import annotations
 
 import io
+import json
 import random
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from model.bundle import WEIGHTS_FILE, load_weights, recover_directory
+from model.bundle import WEIGHTS_FILE, load_weights, recover_directory, write_atomically
 from model.errors import GatesumError
 
 STATE_FILE = "trainer_state.pt"
@@ -79,3 +80,14 @@ def restore(trainer, state: dict[str, Any]) -> None:
 def _python_rng_state() -> tuple:
     version, internal, gauss = random.getstate()
     return version, list(internal), gauss
+
+
+def trim_metrics(path: Path, step: int) -> None:
+    """Drop the log lines a killed run wrote after its last checkpoint: the resumed run
+    trains those steps again and logs them itself."""
+    if not path.exists():
+        return
+    lines = path.read_text(encoding="utf-8").splitlines(keepends=True)
+    kept = [line for line in lines if line.strip() and json.loads(line).get("step", 0) <= step]
+    if len(kept) != len(lines):
+        write_atomically(path, "".join(kept).encode())

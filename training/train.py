@@ -130,6 +130,8 @@ class Trainer:
         self.step, self.elapsed, self.best_score, self.stale_validations = 0, 0.0, None, 0
         if state is not None:
             checkpoint.restore(self, state)
+            if self.is_main:
+                checkpoint.trim_metrics(self.output_dir / "metrics.jsonl", self.step)
         else:
             random.seed(config.seed + self.rank)
             torch.manual_seed(config.seed + self.rank)  # dropout differs across ranks, as it should

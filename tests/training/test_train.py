@@ -168,6 +168,8 @@ def test_resume_after_kill_reaches_the_same_weights(tmp_path):
     assert 6 <= interrupted_at < steps
 
     _run_to_completion([*train_arguments(data, killed, steps), "--resume"])
+    logged = [record["step"] for record in read_metrics(killed) if "loss" in record]
+    assert logged == sorted(set(logged)), "steps after the checkpoint were logged twice"
     want = load_file(str(straight / "checkpoint" / "model.safetensors"))
     got = load_file(str(killed / "checkpoint" / "model.safetensors"))
     assert want.keys() == got.keys()
