@@ -61,7 +61,9 @@ class Attention(nn.Module):
         self.coverage_weight = nn.Parameter(torch.zeros(coverage_size)) if coverage else None  # w_c
 
     def keys(self, memory: Tensor) -> Tensor:
-        """memory (B, S, M) -> keys (B, S, A) (mlp: W_h h + b; general: W_a h; dot: h)."""
+        """memory (B, S, M) -> keys (B, S, A): mlp 2·(W_h h + b) (see ``forward``), general W_a h, dot h."""
+        if self.kind == "mlp":
+            return 2 * self.memory_projection(memory)
         return memory if self.kind == "dot" else self.memory_projection(memory)
 
     def forward(
@@ -71,10 +73,14 @@ class Attention(nn.Module):
         -> weights (B, S), context (B, M)."""
         use_coverage = coverage is not None and self.coverage_weight is not None
         if self.kind == "mlp":
-            features = keys + self.query_projection(query).unsqueeze(1)  # (B, S, A)
+            # v·tanh(u) computed as 2·v·σ(2u) − Σv, the same number: tanh(u) = 2σ(2u) − 1, and on
+            # the CPU torch's tanh over this (B, S, A) tensor is several times slower than sigmoid.
+            # The keys are already doubled; u is W_h h + b + W_s s [+ w_c c].
+            doubled = keys + 2 * self.query_projection(query).unsqueeze(1)  # 2u (B, S, A)
             if use_coverage:
-                features = features + coverage.unsqueeze(-1) * self.coverage_weight
-            scores = self.score_vector(torch.tanh(features)).squeeze(-1)  # (B, S)
+                doubled = torch.addcmul(doubled, coverage.unsqueeze(-1), 2 * self.coverage_weight)
+            v = self.score_vector.weight.squeeze(0)  # (A,)
+            scores = 2 * torch.sigmoid(doubled).matmul(v) - v.sum()  # (B, S)
         else:
             scores = torch.bmm(keys, query.unsqueeze(-1)).squeeze(-1)  # (B, S)
             if use_coverage:

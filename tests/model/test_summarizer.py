@@ -175,3 +175,22 @@ def test_skipping_the_untrained_coverage_input_is_exact():
     assert model.decoder.coverage_in_use()
     _, used = model(*batch, coverage_loss_weight=0.0)
     assert abs(used["nll"] - skipped["nll"]) > 1e-4  # a trained w_c now changes the output
+
+
+def test_additive_attention_computes_bahdanaus_scores():
+    """The sigmoid rewrite of v·tanh(W_h h + W_s s + w_c c) gives the textbook weights."""
+    from model.attention import Attention
+
+    torch.manual_seed(0)
+    attention = Attention("mlp", query_size=6, memory_size=5, attention_size=4, coverage=True).double()
+    with torch.no_grad():
+        attention.coverage_weight.normal_()
+    memory, query = torch.randn(2, 7, 5, dtype=torch.double), torch.randn(2, 6, dtype=torch.double)
+    coverage = torch.rand(2, 7, dtype=torch.double)
+    mask = torch.tensor([[True] * 7, [True] * 4 + [False] * 3])
+    weights, context = attention(query, attention.keys(memory), memory, mask, coverage)
+    u = (attention.memory_projection(memory) + attention.query_projection(query).unsqueeze(1)
+         + coverage.unsqueeze(-1) * attention.coverage_weight)  # fmt: skip
+    scores = (torch.tanh(u) @ attention.score_vector.weight.squeeze(0)).masked_fill(~mask, float("-inf"))
+    torch.testing.assert_close(weights.double(), torch.softmax(scores, -1), atol=1e-7, rtol=0)
+    torch.testing.assert_close(context, torch.bmm(weights.unsqueeze(1).double(), memory).squeeze(1))
