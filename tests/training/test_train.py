@@ -199,3 +199,15 @@ def test_a_fresh_run_never_overwrites_an_existing_one(tmp_path, capsys):
     (output / "checkpoint").mkdir(parents=True)
     assert main(train_arguments(data, output, 2)) == 2
     assert "pass --resume" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_coverage_phase_switches_the_coverage_loss_on(tmp_path):
+    data = write_pairs(tmp_path / "pairs.jsonl", 40)
+    output = tmp_path / "run"
+    assert main(train_arguments(data, output, 6, "--coverage-from-step", "3", "--log-every", "1")) == 0
+    records = {record["step"]: record for record in read_metrics(output) if "loss" in record}
+    assert all("coverage_loss" not in records[step] for step in (1, 2, 3))  # steps 0-2: off
+    assert all(records[step]["coverage_loss"] > 0 for step in (4, 5, 6))
+    weight = load_bundle(output / "checkpoint").model.decoder.attention.coverage_weight
+    assert weight.abs().sum() > 0  # w_c left 0 and started learning in the phase
