@@ -63,6 +63,9 @@ class TrainConfig:
     coverage_weight: float = option(1.0, "λ of the coverage loss once it is on")
     tensorboard: bool = option(False, "also write TensorBoard events to output_dir/tensorboard")
     resume: bool = option(False, "continue from output_dir/checkpoint (same seed: same weights as no stop)")
+    init_from: str | None = option(
+        None, "start from a bundle's weights, tokenizer and model settings (fine-tuning)"
+    )
 
 
 SECTIONS: dict[str, type] = {

@@ -24,7 +24,8 @@ import torch
 import torch.distributed as dist
 from tqdm import tqdm
 
-from model.bundle import save_bundle
+from model.bundle import TOKENIZER_FILE, WEIGHTS_FILE, load_weights, read_card, save_bundle
+from model.config import ModelConfig
 from model.errors import GatesumError
 from model.search import GenerationConfig
 from model.summarizer import Summarizer
@@ -100,6 +101,10 @@ class Trainer:
                 "or choose another --output-dir"
             )  # never overwrite a run by accident
         state = checkpoint.load_trainer_state(self.output_dir) if config.resume else None
+        if config.init_from and state is None:  # fine-tune: the bundle decides vocabulary and architecture
+            card = read_card(Path(config.init_from))
+            options.tokenizer.path = str(Path(config.init_from) / TOKENIZER_FILE)
+            options.model = ModelConfig.from_dict(card["model"])
         pairs = load_pairs(options.data)
         pairs, validation = validation_pairs(pairs, options.data, config)
         self.tokenizer = prepare_tokenizer(
@@ -133,6 +138,8 @@ class Trainer:
             if self.is_main:
                 checkpoint.trim_metrics(self.output_dir / "metrics.jsonl", self.step)
         else:
+            if config.init_from:
+                load_weights(self.model, Path(config.init_from) / WEIGHTS_FILE)
             random.seed(config.seed + self.rank)
             torch.manual_seed(config.seed + self.rank)  # dropout differs across ranks, as it should
         self.trained_model = self.model

@@ -211,3 +211,18 @@ def test_coverage_phase_switches_the_coverage_loss_on(tmp_path):
     assert all(records[step]["coverage_loss"] > 0 for step in (4, 5, 6))
     weight = load_bundle(output / "checkpoint").model.decoder.attention.coverage_weight
     assert weight.abs().sum() > 0  # w_c left 0 and started learning in the phase
+
+
+@pytest.mark.slow
+def test_init_from_a_bundle_starts_where_it_left_off(tmp_path):
+    data = write_pairs(tmp_path / "pairs.jsonl", 60)
+    first, second = tmp_path / "first", tmp_path / "second"
+    assert main(train_arguments(data, first, 30, "--log-every", "1")) == 0
+    assert main(train_arguments(data, second, 2, "--log-every", "1", "--init-from", str(first / "checkpoint"),
+                                "--model", "encoder_hidden_size=8")) == 0  # fmt: skip
+    start = [record["loss"] for record in read_metrics(first) if "loss" in record]
+    resumed = [record["loss"] for record in read_metrics(second) if "loss" in record]
+    assert resumed[0] < start[0] - 0.3 and abs(resumed[0] - start[-1]) < 0.3
+    bundle = load_bundle(second / "checkpoint")
+    assert bundle.model.config.encoder_hidden_size == 16  # the bundle's settings win over --model
+    assert bundle.tokenizer.fingerprint == load_bundle(first / "checkpoint").tokenizer.fingerprint
