@@ -90,8 +90,8 @@ class RNNCell(_Cell):
         return h, ({"hidden": h} if return_gates else None)
 
     @classmethod
-    def from_torch(cls, cell: nn.RNNCell) -> RNNCell:
-        """The numerically equivalent cell of a ``torch.nn.RNNCell``."""
+    def from_torch(cls, cell: nn.Module) -> RNNCell:
+        """The numerically equivalent cell of torch's ``RNNCell``."""
         ours = cls(cell.input_size, cell.hidden_size, cell.nonlinearity)
         ours.load_torch_weights(cell.weight_ih, cell.weight_hh, cell.bias_ih, cell.bias_hh)
         return ours
@@ -112,7 +112,7 @@ class GRUCell(_Cell):
         ~h_t = tanh(W x_t + b + r_t ⊙ (U h_{t−1} + b_U))      reset_after=True  (cuDNN, torch)
         h_t  = (1 − z_t) ⊙ h_{t−1} + z_t ⊙ ~h_t
 
-    z near 0 keeps the past, z near 1 takes the new content. ``torch.nn.GRUCell`` writes
+    z near 0 keeps the past, z near 1 takes the new content. torch's ``GRUCell`` writes
     h' = (1 − z)·n + z·h, the opposite sense of z; ``from_torch`` converts by negating the
     update gate's weights and biases, since 1 − σ(a) = σ(−a).
 
@@ -147,8 +147,8 @@ class GRUCell(_Cell):
         return h, gates
 
     @classmethod
-    def from_torch(cls, cell: nn.GRUCell) -> GRUCell:
-        """The numerically equivalent cell (``reset_after=True``) of a ``torch.nn.GRUCell``."""
+    def from_torch(cls, cell: nn.Module) -> GRUCell:
+        """The numerically equivalent cell (``reset_after=True``) of torch's ``GRUCell``."""
         ours = cls(cell.input_size, cell.hidden_size, reset_after=True)
         ours.load_torch_weights(cell.weight_ih, cell.weight_hh, cell.bias_ih, cell.bias_hh)
         return ours
@@ -237,8 +237,8 @@ class LSTMCell(_Cell):
         return (h, c), gates
 
     @classmethod
-    def from_torch(cls, cell: nn.LSTMCell) -> LSTMCell:
-        """The numerically equivalent cell of a ``torch.nn.LSTMCell``."""
+    def from_torch(cls, cell: nn.Module) -> LSTMCell:
+        """The numerically equivalent cell of torch's ``LSTMCell``."""
         ours = cls(cell.input_size, cell.hidden_size)
         ours.load_torch_weights(cell.weight_ih, cell.weight_hh, cell.bias_ih, cell.bias_hh)
         return ours

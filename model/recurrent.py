@@ -1,6 +1,6 @@
 """``Recurrent``: a multi-layer, optionally bidirectional layer on our own cells.
 
-The drop-in for ``torch.nn.LSTM`` / ``GRU`` / ``RNN`` (batch first) that gatesum builds on.
+The drop-in for torch's ``LSTM`` / ``GRU`` / ``RNN`` modules (batch first) that gatesum builds on.
 Speed comes from three choices:
 
 * the input projections of all time steps are one matmul before the time loop;
@@ -190,8 +190,8 @@ class Recurrent(nn.Module):
         return torch.stack(finals)
 
     @classmethod
-    def from_torch(cls, module: nn.RNNBase) -> Recurrent:
-        """The numerically equivalent layer of a ``torch.nn.LSTM`` / ``GRU`` / ``RNN``."""
+    def from_torch(cls, module: nn.Module) -> Recurrent:
+        """The numerically equivalent layer of torch's ``LSTM`` / ``GRU`` / ``RNN`` (any ``RNNBase``)."""
         kinds = {"LSTM": "lstm", "GRU": "gru", "RNN_TANH": "rnn", "RNN_RELU": "rnn"}
         if module.mode not in kinds or not module.bias or getattr(module, "proj_size", 0):
             raise ValueError(f"cannot convert {module!r}: needs bias=True and no projection")
