@@ -7,10 +7,13 @@ import asyncio
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from pathlib import Path
 
+import fastapi_offline
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.openapi.docs import get_swagger_ui_html
+from fastapi.responses import HTMLResponse, JSONResponse
 from fastapi.staticfiles import StaticFiles
 from starlette.exceptions import HTTPException
 
@@ -21,6 +24,7 @@ from service.settings import Settings, get_settings
 from service.state import ModelService
 
 log = logging.getLogger("gatesum.service")
+DOCS_ASSETS = Path(fastapi_offline.__file__).parent / "static"  # Swagger UI 5, shipped by the package
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -41,9 +45,23 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         summary="Summarize text with an LSTM encoder-decoder with attention and copy.",
         version="0.1.0",
         lifespan=lifespan,
+        docs_url=None,  # served below from local files: FastAPI's default page loads them from a CDN
     )
     app.include_router(router)
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
+    app.mount("/docs-assets", StaticFiles(directory=DOCS_ASSETS), name="docs-assets")
+
+    @app.get("/docs", include_in_schema=False)
+    def docs() -> HTMLResponse:
+        """The OpenAPI docs (Swagger UI), working without internet access."""
+        return get_swagger_ui_html(
+            openapi_url=app.openapi_url,
+            title="gatesum API",
+            swagger_js_url="/docs-assets/swagger-ui-bundle.js",
+            swagger_css_url="/docs-assets/swagger-ui.css",
+            swagger_favicon_url="/docs-assets/favicon.png",
+        )
+
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(HTTPException, _http_error)
     app.add_exception_handler(Exception, _internal_error)

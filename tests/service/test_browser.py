@@ -80,3 +80,13 @@ def test_page_shows_a_readable_error(browser, live_server: str) -> None:
     page.wait_for_selector("#error:not([hidden])", timeout=10_000)
     assert "whitespace" in page.inner_text("#error")
     page.close()
+
+
+def test_api_docs_render_offline(browser, live_server: str) -> None:
+    """Swagger UI comes from the service itself: it renders with no network."""
+    page = browser.new_page()
+    page.goto(live_server + "/docs")
+    page.wait_for_selector(".opblock-summary-path", timeout=20_000)
+    paths = page.locator(".opblock-summary-path").all_inner_texts()
+    assert any("/v1/summarize" in path for path in paths) and len(paths) >= 3
+    page.close()

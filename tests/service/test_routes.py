@@ -100,7 +100,11 @@ def test_openapi_has_an_example_on_each_route(client: TestClient) -> None:
                 if part:
                     name = part["schema"]["$ref"].rsplit("/", 1)[-1]
                     assert components[name].get("examples"), f"{method} {path}: no example for {name}"
-    assert client.get("/docs").status_code == 200
+    docs = client.get("/docs")
+    assert docs.status_code == 200 and "cdn" not in docs.text  # works offline: assets served here
+    assert "/docs-assets/swagger-ui-bundle.js" in docs.text
+    assert client.get("/docs-assets/swagger-ui-bundle.js").status_code == 200
+    assert client.get("/docs-assets/swagger-ui.css").status_code == 200
 
 
 def test_index_page_and_static_files(client: TestClient) -> None:
