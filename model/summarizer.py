@@ -17,7 +17,7 @@ from torch import Tensor, nn
 
 from model.config import ModelConfig
 from model.decoder import PROBABILITY_FLOOR, Decoder, DecoderState
-from model.encoder import Bridge, Encoder, EncoderOutput
+from model.encoder import Bridge, Encoder
 from model.search import GenerationConfig, SearchResult, beam_search, greedy_search
 
 
@@ -138,6 +138,3 @@ class Summarizer(nn.Module):
                 **ids,
             )
         return Generation(result.tokens, result.scores, result.attention, gates)
-
-    def encode(self, source: Tensor, source_lengths: Tensor, return_gates: bool = False) -> EncoderOutput:
-        return self.encoder(source, source_lengths, return_gates=return_gates)

@@ -38,8 +38,6 @@ from training.plots import plot_curves
 from training.rouge import rouge
 from training.setup import prepare_tokenizer, validation_pairs
 
-ROUGE_KEYS = ("rouge1", "rouge2", "rougeL", "rougeLsum")
-
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_option_arguments(parser)
