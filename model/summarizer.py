@@ -64,23 +64,23 @@ class Summarizer(nn.Module):
         logits = self.decoder.logits(torch.stack(attentional, 1)).float()  # (B, T, V)
         target_mask = target_output != self.config.pad_id  # (B, T)
         tokens = target_mask.sum().clamp_min(1)
-        if self.config.copy:
-            attention_t = torch.stack(attention, 1).float()  # (B, T, S)
-            nll = self._copy_nll(
-                logits, torch.stack(copy_gate, 1).float(), attention_t, source, target_output
-            )
+        # each stacked once: the copy mixture, the coverage loss and the p_gen statistic share them
+        attention_t = torch.stack(attention, 1).float() if self.decoder.uses_attention else None  # (B, T, S)
+        copy_gate_t = torch.stack(copy_gate, 1).float() if self.config.copy else None  # (B, T, 1)
+        if copy_gate_t is not None:
+            nll = self._copy_nll(logits, copy_gate_t, attention_t, source, target_output)
         else:
             nll = F.cross_entropy(logits.transpose(1, 2), target_output, reduction="none")  # (B, T)
         nll = (nll * target_mask).sum() / tokens
         loss, stats = nll, {"nll": nll.item(), "tokens": int(tokens)}
         if state.coverage is not None and weight > 0:
             # See et al. eq. 12: Σ_i min(a_t,i, c_t,i), what is attended again after being covered.
-            overlap = torch.minimum(torch.stack(attention, 1), torch.stack(coverage, 1)).sum(-1)  # (B, T)
+            overlap = torch.minimum(attention_t, torch.stack(coverage, 1)).sum(-1)  # (B, T)
             coverage_loss = (overlap * target_mask).sum() / tokens
             loss = loss + weight * coverage_loss
             stats["coverage_loss"] = coverage_loss.item()
-        if self.config.copy:
-            stats["p_gen"] = (torch.stack(copy_gate, 1).squeeze(-1) * target_mask).sum().item() / int(tokens)
+        if copy_gate_t is not None:
+            stats["p_gen"] = (copy_gate_t.squeeze(-1) * target_mask).sum().item() / int(tokens)
         return loss, stats
 
     @staticmethod
