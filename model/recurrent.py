@@ -48,6 +48,27 @@ def padding_mask(lengths: Tensor, max_length: int) -> Tensor:
     return torch.arange(max_length, device=lengths.device).unsqueeze(0) < lengths.unsqueeze(1)
 
 
+def _batch_first(hs: Tensor, lengths: Tensor | None, mask: Tensor | None) -> Tensor:
+    """hs (D, T, B, H) in each direction's reading order -> outputs (B, T, D·H), padding zeroed.
+
+    Without autograd each direction is written straight into its half of the output, with no
+    intermediate ``cat``.
+    """
+    D, T, B, H = hs.shape
+    outputs = [hs[0].transpose(0, 1)]  # (B, T, H)
+    if D == 2:
+        outputs.append(reverse_padded(hs[1].transpose(0, 1), lengths))
+    mask = mask.unsqueeze(-1).to(hs.dtype) if mask is not None else None  # (B, T, 1)
+    if torch.is_grad_enabled() and hs.requires_grad:
+        joined = outputs[0] if D == 1 else torch.cat(outputs, -1)
+        return joined * mask if mask is not None else joined.contiguous()
+    joined = hs.new_empty(B, T, D * H)
+    for direction, output in enumerate(outputs):
+        part = joined[..., direction * H : (direction + 1) * H]
+        torch.mul(output, mask, out=part) if mask is not None else part.copy_(output)
+    return joined
+
+
 def _where(mask: Tensor, new: State, old: State) -> State:
     if isinstance(new, tuple):
         return tuple(torch.where(mask, n, o) for n, o in zip(new, old, strict=True))
@@ -147,21 +168,19 @@ class Recurrent(nn.Module):
 
         x (B, T, I) -> outputs (B, T, D·H), and [(h_n, c_n)] per direction, each (B, H).
         """
-        B, T, _ = x.shape
+        B = x.shape[0]
         D, H = self.num_directions, self.hidden_size
         first = layer * D
         cells = self.cells[first : first + D]
         sources = [x, reverse_padded(x, lengths)] if D == 2 else [x]
-        x = torch.stack(sources).transpose(1, 2).reshape(D, T * B, -1)  # time-major (D, T·B, I)
-        weight_ih = torch.stack([cell.weight_ih for cell in cells]).transpose(1, 2)  # (D, I, 4H)
-        bias = torch.stack([cell.bias for cell in cells]).unsqueeze(1)  # (D, 1, 4H)
-        projected = torch.baddbmm(bias, x, weight_ih).view(D, T, B, 4 * H)
+        x = torch.stack([source.transpose(0, 1) for source in sources])  # time major (D, T, B, I)
         if initial is None:
             h0 = c0 = x.new_zeros(D, B, H)
         else:
             h0, c0 = (torch.stack(part) for part in zip(*initial[first : first + D], strict=True))
-        weight_hh = torch.stack([cell.weight_hh for cell in cells])  # (D, 4H, H)
-        hs, cs = lstm_recurrence(projected, weight_hh, h0, c0)  # (D, T, B, H) each
+        weight_ih, weight_hh, bias = (torch.stack([getattr(cell, name) for cell in cells])
+                                      for name in ("weight_ih", "weight_hh", "bias"))  # fmt: skip
+        hs, cs = lstm_recurrence(x, weight_ih, weight_hh, bias, h0, c0)  # (D, T, B, H) each
         if lengths is None:
             h_n, c_n = hs[:, -1], cs[:, -1]
         else:
@@ -171,11 +190,7 @@ class Recurrent(nn.Module):
             empty = (lengths == 0).unsqueeze(1)  # (B, 1)
             h_n = torch.where(empty, h0, hs[:, last, batch])
             c_n = torch.where(empty, c0, cs[:, last, batch])
-        outputs = hs.transpose(1, 2)  # (D, B, T, H)
-        if mask is not None:
-            outputs = outputs * mask.unsqueeze(-1).to(outputs.dtype)
-        outputs = [outputs[0], reverse_padded(outputs[1], lengths)] if D == 2 else [outputs[0]]
-        return torch.cat(outputs, -1), list(zip(h_n.unbind(0), c_n.unbind(0), strict=True))
+        return _batch_first(hs, lengths, mask), list(zip(h_n.unbind(0), c_n.unbind(0), strict=True))
 
     def _split_state(self, state: State | None):
         if state is None:

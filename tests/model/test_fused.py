@@ -7,13 +7,29 @@ from model.fused import lstm_recurrence
 from model.recurrent import Recurrent
 
 
+def _recurrence_inputs(D: int, T: int, B: int, features: int, H: int) -> list[torch.Tensor]:
+    """x (D, T, B, features), weight_ih (D, 4H, features), weight_hh (D, 4H, H), bias (D, 4H),
+    h0 and c0 (D, B, H)."""
+    x = torch.randn(D, T, B, features)
+    weight_ih, weight_hh = 0.5 * torch.randn(D, 4 * H, features), 0.5 * torch.randn(D, 4 * H, H)
+    return [x, weight_ih, weight_hh, torch.randn(D, 4 * H), torch.randn(D, B, H), torch.randn(D, B, H)]
+
+
 def test_hand_written_backward_passes_gradcheck():
     torch.manual_seed(0)
-    D, T, B, H = 2, 5, 3, 4
-    inputs = [torch.randn(D, T, B, 4 * H), 0.5 * torch.randn(D, 4 * H, H), torch.randn(D, B, H),
-              torch.randn(D, B, H)]  # fmt: skip
-    inputs = [tensor.double().requires_grad_() for tensor in inputs]
+    inputs = [tensor.double().requires_grad_() for tensor in _recurrence_inputs(2, 5, 3, 3, 4)]
     assert torch.autograd.gradcheck(lstm_recurrence, inputs)
+
+
+@pytest.mark.parametrize("chunk", [1, 3, 7, 64])
+def test_chunked_inference_equals_the_training_forward(chunk):
+    torch.manual_seed(4)
+    inputs = _recurrence_inputs(2, 7, 3, 5, 4)
+    want = lstm_recurrence(*[tensor.clone().requires_grad_() for tensor in inputs])
+    with torch.no_grad():
+        got = lstm_recurrence(*inputs, chunk=chunk)
+    for got_part, want_part in zip(got, want, strict=True):
+        torch.testing.assert_close(got_part, want_part, atol=1e-6, rtol=0)
 
 
 def test_recurrent_passes_gradcheck_with_padding():
