@@ -156,22 +156,28 @@ class _LSTMRecurrence(torch.autograd.Function):
         zero = gates.new_zeros(B, H)
         grad_h = [grad.unbind(0) for grad in grad_hs] if grad_hs is not None else [[zero] * T] * D
         dh = _join([grad_h[d][T - 1] for d in range(D)])  # (D, B, H)
-        dc = grad_cs[:, T - 1] if grad_cs is not None else gates.new_zeros(D, B, H)
+        dc = (
+            grad_cs[:, T - 1].clone() if grad_cs is not None else gates.new_zeros(D, B, H)
+        )  # updated in place
+        # Per-step views made once, outside the loop (as in ``_forward``).
+        i, f, o, g = (part.unbind(1) for part in gates.chunk(4, -1))  # T × (D, B, H) each
+        sigmoids, tanh_c, c = gates[..., : 3 * H].unbind(1), tanh_cs.unbind(1), cs.unbind(1)
+        grad_sigmoids, grad_candidates = grad_a[..., : 3 * H].unbind(1), grad_a[..., 3 * H :].unbind(1)
+        grad_a_steps = [grad.unbind(0) for grad in grad_a]  # D × T × (B, 4H)
+        di, df, do = grad_sigmoid.chunk(3, -1)  # (D, B, H) views
+        scratch = gates.new_empty(D, B, H)
         for t in reversed(range(T)):
-            i, f, o, g = gates[:, t].chunk(4, -1)
-            tanh_c = tanh_cs[:, t]
-            dc = dc + _tanh_backward(dh * o, tanh_c, grad_input=torch.empty_like(dc))
-            torch.mul(dc, g, out=grad_sigmoid[..., :H])
-            torch.mul(dc, cs[:, t], out=grad_sigmoid[..., H : 2 * H])
-            torch.mul(dh, tanh_c, out=grad_sigmoid[..., 2 * H :])
-            grad_a_t = grad_a[:, t]
-            _sigmoid_backward(grad_sigmoid, gates[:, t, :, : 3 * H], grad_input=grad_a_t[..., : 3 * H])
-            _tanh_backward(dc * i, g, grad_input=grad_a_t[..., 3 * H :])
-            dc = dc * f
+            dc.add_(_tanh_backward(torch.mul(dh, o[t], out=scratch), tanh_c[t], grad_input=scratch))
+            torch.mul(dc, g[t], out=di)
+            torch.mul(dc, c[t], out=df)  # c[t] is C_{t−1}: cs starts with C_0
+            torch.mul(dh, tanh_c[t], out=do)
+            _sigmoid_backward(grad_sigmoid, sigmoids[t], grad_input=grad_sigmoids[t])
+            _tanh_backward(torch.mul(dc, i[t], out=scratch), g[t], grad_input=grad_candidates[t])
+            dc.mul_(f[t])
             if grad_cs is not None and t > 0:
-                dc = dc + grad_cs[:, t - 1]
+                dc.add_(grad_cs[:, t - 1])
             added = [grad_h[d][t - 1] if t > 0 else zero for d in range(D)]
-            dh = _join([matmul_adds[d](grad_a[d, t], added[d]) for d in range(D)])
+            dh = _join([matmul_adds[d](grad_a_steps[d][t], added[d]) for d in range(D)])
         # dU = Σ_t da_tᵀ h_{t−1}: all steps in one (4H, T·B) @ (T·B, H) matmul per direction.
         grad_weight = None
         if ctx.needs_input_grad[1]:
