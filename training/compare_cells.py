@@ -2,7 +2,8 @@
 
 Trains summarizers that differ only in the encoder cell (rnn, gru, lstm), each with attention
 on and with attention off, with the same time budget, then scores each on the same test
-documents with ROUGE broken down by source length (≤400, 400–800, >800 words):
+documents with ROUGE broken down by source length (≤400, 400–800, >800 words), written to
+``compare.json``, ``compare.md`` and ``compare.png`` in the output directory:
 
     gatesum memory compare --config configs/cnndm-small.toml --budget-minutes 30 \
         --test-files ../shared/data/cnndm/test.jsonl.gz --test-limit 500
@@ -26,6 +27,7 @@ from model.search import GenerationConfig
 from training.data import DataConfig, load_pairs
 from training.evaluate import BUCKETS, evaluate
 from training.options import Options, load_options
+from training.plots import plot_compare
 from training.train import Trainer
 
 
@@ -130,6 +132,7 @@ def write_results(directory: Path, rows: list[dict[str, Any]], args: argparse.Na
         directory / "compare.json", (json.dumps(payload, indent=2, ensure_ascii=False) + "\n").encode()
     )
     write_atomically(directory / "compare.md", render(rows, args).encode())
+    plot_compare(rows, directory / "compare.png")
 
 
 def render(rows: list[dict[str, Any]], args: argparse.Namespace) -> str:

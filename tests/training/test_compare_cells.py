@@ -47,3 +47,4 @@ def test_compare_trains_and_tabulates_every_cell_and_attention(tmp_path, capsys)
     assert cards["rnn-none"]["encoder_cell"] == "rnn" and cards["rnn-none"]["copy"] is False
     assert cards["lstm-mlp"]["bidirectional"] is False and cards["lstm-mlp"]["copy"] is True
     assert "| lstm | none |" in (output / "compare.md").read_text()
+    assert (output / "compare.png").read_bytes().startswith(b"\x89PNG")
