@@ -56,6 +56,7 @@ def write_atomically(path: Path, data: bytes) -> None:
             file.write(data)
             file.flush()
             os.fsync(file.fileno())
+        os.chmod(temporary, 0o644)  # mkstemp makes it 0600: unreadable to a container's other user
         os.replace(temporary, path)
     except BaseException:
         Path(temporary).unlink(missing_ok=True)
@@ -122,6 +123,8 @@ def save_bundle(
         for file in built.iterdir():  # data on disk before the rename makes it visible
             with open(file, "rb") as handle:
                 os.fsync(handle.fileno())
+            file.chmod(0o644)
+        built.chmod(0o755)  # mkdtemp makes it 0700: a bundle is read by whichever user serves it
         replace_directory(built, directory)
     except BaseException:
         shutil.rmtree(built, ignore_errors=True)

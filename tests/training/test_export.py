@@ -29,3 +29,16 @@ def test_export_halves_the_weights_and_keeps_the_summaries(tiny_bundle, tmp_path
 def test_export_onto_itself_is_refused(tiny_bundle, gatesum):
     result = gatesum("export", "--model", tiny_bundle, "--output", tiny_bundle)
     assert result.code == 2 and "must differ" in result.err
+
+
+def test_a_shipped_bundle_is_readable_by_other_users(tiny_bundle, tmp_path, gatesum):
+    """Temporary files and folders start private (0600/0700); a bundle served from a container
+    by a non-root user must not stay that way."""
+    output = tmp_path / "shipped"
+    assert gatesum("export", "--model", tiny_bundle, "--output", output).code == 0
+    assert output.stat().st_mode & 0o777 == 0o755
+    assert {path.name: path.stat().st_mode & 0o777 for path in output.iterdir()} == {
+        "config.json": 0o644,
+        "model.safetensors": 0o644,
+        "tokenizer.model": 0o644,
+    }
