@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from model.bundle import load_bundle, write_atomically
+from model.errors import GatesumError
 from model.search import GenerationConfig
 from training.data import DataConfig, load_pairs
 from training.evaluate import BUCKETS, evaluate
@@ -82,11 +83,23 @@ def run_options(args: argparse.Namespace, cell: str, attention: str, tokenizer: 
         options.tokenizer.path = str(tokenizer)
     for assignment in args.set:
         key, _, value = assignment.partition("=")
-        section, field = key.split(".", 1)
-        target = getattr(options, section)
-        kind = type(getattr(target, field))
-        setattr(target, field, kind(value) if kind in (int, float, str) else json.loads(value))
+        section, _, field = key.partition(".")
+        target = getattr(options, section, None)
+        if target is None or not hasattr(target, field) or not value:
+            raise GatesumError(f"--set {assignment}: expected SECTION.FIELD=VALUE, e.g. data.limit=2000")
+        setattr(target, field, _parse(value, type(getattr(target, field))))
     return options
+
+
+def _parse(value: str, kind: type) -> Any:
+    """A ``--set`` value as the field's type; JSON (lists, booleans) or, failing that, the text
+    itself (a path for a field whose default is None)."""
+    if kind in (int, float, str):
+        return kind(value)
+    try:
+        return json.loads(value)
+    except json.JSONDecodeError:
+        return value
 
 
 def run(args: argparse.Namespace) -> int:

@@ -42,6 +42,9 @@ def prepare_tokenizer(
     if config.path:
         return Tokenizer.load(Path(config.path))
     path = Path(output_dir) / "tokenizer.model"
+    saved = Path(output_dir) / "checkpoint" / "tokenizer.model"
+    if resume and not path.exists() and saved.exists():
+        return Tokenizer.load(saved)  # a run that was handed its tokenizer keeps it in its checkpoint only
     if not path.exists() and is_main:
         if resume:
             raise GatesumError(f"{path}: missing; cannot resume without the run's tokenizer")

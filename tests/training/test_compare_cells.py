@@ -1,11 +1,14 @@
 """gatesum memory compare, end to end on a tiny setting: trains, scores, tabulates."""
 
+import argparse
 import json
 
 import pytest
 
+from model.errors import GatesumError
 from service.cli import main
 from tests.training.test_train import write_pairs
+from training.compare_cells import add_arguments, run_options
 
 CONFIG = """
 [model]
@@ -48,3 +51,21 @@ def test_compare_trains_and_tabulates_every_cell_and_attention(tmp_path, capsys)
     assert cards["lstm-mlp"]["bidirectional"] is False and cards["lstm-mlp"]["copy"] is True
     assert "| lstm | none |" in (output / "compare.md").read_text()
     assert (output / "compare.png").read_bytes().startswith(b"\x89PNG")
+
+
+def test_set_parses_typed_values_and_refuses_malformed_ones(tmp_path):
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+
+    def options(*assignments: str):
+        argv = ["--test-files", "t.jsonl", "--output-dir", str(tmp_path)]
+        for assignment in assignments:
+            argv += ["--set", assignment]
+        return run_options(parser.parse_args(argv), "gru", "none", None)
+
+    chosen = options("data.limit=2000", "tokenizer.path=runs/x/tokenizer.model", "model.dropout=0.3")
+    assert chosen.data.limit == 2000 and chosen.tokenizer.path == "runs/x/tokenizer.model"
+    assert chosen.model.dropout == 0.3 and chosen.model.encoder_cell == "gru" and chosen.model.copy is False
+    for bad in ("limit", "data.nope=1", "nosection.limit=1", "data.limit="):
+        with pytest.raises(GatesumError, match=r"SECTION\.FIELD=VALUE"):
+            options(bad)

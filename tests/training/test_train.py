@@ -226,3 +226,16 @@ def test_init_from_a_bundle_starts_where_it_left_off(tmp_path):
     bundle = load_bundle(second / "checkpoint")
     assert bundle.model.config.encoder_hidden_size == 16  # the bundle's settings win over --model
     assert bundle.tokenizer.fingerprint == load_bundle(first / "checkpoint").tokenizer.fingerprint
+
+
+@pytest.mark.slow
+def test_a_run_handed_its_tokenizer_resumes_with_the_checkpoints_copy(tmp_path):
+    """``gatesum memory compare`` hands later runs the first run's tokenizer; resuming one of
+    them alone must not need the flag again."""
+    data = write_pairs(tmp_path / "pairs.jsonl", 40)
+    first, second = tmp_path / "first", tmp_path / "second"
+    assert main(train_arguments(data, first, 2)) == 0
+    assert main(train_arguments(data, second, 2, "--tokenizer-path", str(first / "tokenizer.model"))) == 0
+    assert not (second / "tokenizer.model").exists()
+    assert main(train_arguments(data, second, 4, "--resume")) == 0
+    assert load_bundle(second / "checkpoint").card["training"]["step"] == 4
