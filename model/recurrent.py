@@ -65,7 +65,10 @@ def _batch_first(hs: Tensor, lengths: Tensor | None, mask: Tensor | None) -> Ten
     joined = hs.new_empty(B, T, D * H)
     for direction, output in enumerate(outputs):
         part = joined[..., direction * H : (direction + 1) * H]
-        torch.mul(output, mask, out=part) if mask is not None else part.copy_(output)
+        if mask is None:
+            part.copy_(output)
+        else:
+            torch.mul(output, mask, out=part)
     return joined
 
 
