@@ -111,7 +111,8 @@ def run(args: argparse.Namespace) -> int:
             options = run_options(args, cell, attention, tokenizer)
             Trainer(options).train()
             directory = Path(options.train.output_dir)
-            tokenizer = tokenizer or Path(options.tokenizer.path or directory / "tokenizer.model")
+            # The later runs share this run's tokenizer: the copy in its checkpoint is always there.
+            tokenizer = tokenizer or directory / "checkpoint" / "tokenizer.model"
             bundle = load_bundle(directory / "best")
             generation = GenerationConfig(beam_size=args.beam_size, max_length=options.data.target_max_tokens)
             report, _ = evaluate(bundle, list(test["source"]), list(test["target"]), generation)

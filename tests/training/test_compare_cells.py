@@ -51,6 +51,9 @@ def test_compare_trains_and_tabulates_every_cell_and_attention(tmp_path, capsys)
     assert cards["lstm-mlp"]["bidirectional"] is False and cards["lstm-mlp"]["copy"] is True
     assert "| lstm | none |" in (output / "compare.md").read_text()
     assert (output / "compare.png").read_bytes().startswith(b"\x89PNG")
+    # Again, led by a run that was handed the shared tokenizer: it resumes, and so do the rest.
+    argv[argv.index("rnn,lstm")] = "lstm,rnn"
+    assert main(argv) == 0
 
 
 def test_set_parses_typed_values_and_refuses_malformed_ones(tmp_path):
