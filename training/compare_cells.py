@@ -116,17 +116,23 @@ def run(args: argparse.Namespace) -> int:
             bundle = load_bundle(directory / "best")
             generation = GenerationConfig(beam_size=args.beam_size, max_length=options.data.target_max_tokens)
             report, _ = evaluate(bundle, list(test["source"]), list(test["target"]), generation)
-            rows.append(row(cell, attention, bundle.card, report))
+            trained = json.loads((directory / "checkpoint" / "config.json").read_text())["training"]["step"]
+            rows.append(row(cell, attention, trained, bundle.card, report))
             write_results(args.output_dir, rows, args)
     print(render(rows, args))
     return 0
 
 
-def row(cell: str, attention: str, card: dict[str, Any], report: dict[str, Any]) -> dict[str, Any]:
+def row(
+    cell: str, attention: str, trained: int, card: dict[str, Any], report: dict[str, Any]
+) -> dict[str, Any]:
+    """One run's results: ``steps`` trained in the budget; ``scored_step``, the step of the
+    bundle scored (``best/``, the best validation ROUGE)."""
     return {
         "cell": cell,
         "attention": attention,
-        "steps": card["training"]["step"],
+        "steps": trained,
+        "scored_step": card["training"]["step"],
         "minutes": card["training"]["elapsed_minutes"],
         "rouge": report["model"],
         "lead3": report["lead3"],
@@ -154,7 +160,7 @@ def render(rows: list[dict[str, Any]], args: argparse.Namespace) -> str:
         f"Encoder cells on real summaries: {args.budget_minutes:g} min of training each, "
         f"scored on {rows[0]['documents'] if rows else 0} test documents (beam {args.beam_size}).",
         "",
-        "| encoder | attention | steps | R-1 | R-2 | R-Lsum | "
+        "| encoder | attention | steps (scored at) | R-1 | R-2 | R-Lsum | "
         + " | ".join(f"R-Lsum {label} words" for label, _, _ in BUCKETS)
         + " |",
         "|---|---|---:|---:|---:|---:|" + "---:|" * len(BUCKETS),
@@ -163,7 +169,8 @@ def render(rows: list[dict[str, Any]], args: argparse.Namespace) -> str:
         cells = [_bucket_lsum(bucket) for bucket in entry["by_source_words"]]
         rouge = entry["rouge"]
         lines.append(
-            f"| {entry['cell']} | {entry['attention']} | {entry['steps']} | {rouge['rouge1']:.2f} | "
+            f"| {entry['cell']} | {entry['attention']} | {entry['steps']} ({entry['scored_step']}) | "
+            f"{rouge['rouge1']:.2f} | "
             f"{rouge['rouge2']:.2f} | {rouge['rougeLsum']:.2f} | " + " | ".join(cells) + " |"
         )
     return "\n".join(lines) + "\n"
