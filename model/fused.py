@@ -14,7 +14,10 @@ runs the generic ``scan`` under autograd. Why it is faster than autograd over ``
 * the bias is added inside the step's matmul (a oneDNN post-op), so the input projection is a
   plain matmul that never copies the bias into a (T, B, 4H) buffer first;
 * without autograd, the input projection runs ``chunk`` steps at a time into one reused buffer
-  that stays in cache, instead of writing all T steps (52 MB at B=32, T=400, H=256) up front.
+  that stays in cache, instead of writing all T steps (52 MB at B=32, T=400, H=256) up front;
+* on CPU float32 the loops themselves run in C++ (``csrc/lstm.cpp``, built by ``model.kernels``)
+  with each step's pointwise work as one pass over the data; the Python loops below are the
+  same algorithm in torch ops, used where the kernel is not available (and tested against it).
 
 Equations (gate order [i, f, o, ~C], as in ``LSTMCell``), with a_t = W x_t + U h_{t−1} + b:
     i, f, o = σ(a_i), σ(a_f), σ(a_o);  g = tanh(a_c)
@@ -27,10 +30,12 @@ Backward, given dh_t and dC_t (from above and from step t+1):
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from typing import Any
 
 import torch
 from torch import Tensor
+
+from model.kernels import lstm_ops
 
 _sigmoid_backward = torch.ops.aten.sigmoid_backward.grad_input  # out= forms: no extra copy
 _tanh_backward = torch.ops.aten.tanh_backward.grad_input
@@ -38,54 +43,70 @@ _MINUS_ONE = torch.tensor(-1.0)  # a 0-dim tensor: ops with it skip wrapping a P
 
 
 def lstm_recurrence(x: Tensor, weight_ih: Tensor, weight_hh: Tensor, bias: Tensor, h0: Tensor, c0: Tensor,
-                    chunk: int = 32) -> tuple[Tensor, Tensor]:  # fmt: skip
+                    chunk: int = 16) -> tuple[Tensor, Tensor]:  # fmt: skip
     """Run the LSTM recurrence from (h0, C0) over all steps of every direction.
 
     x (D, T, B, I) time major, weight_ih (D, 4H, I), weight_hh (D, 4H, H), bias (D, 4H), h0 and
     c0 (D, B, H) -> hs, cs (D, T, B, H): h_t and C_t after every step. Differentiable in all
-    inputs; without autograd the projection goes ``chunk`` steps at a time.
+    inputs; the input projection goes ``chunk`` steps at a time.
     """
     D, T, B, features = x.shape
-    weight = weight_ih.transpose(1, 2)  # (D, I, 4H)
+    weight: Tensor | None = weight_ih.transpose(1, 2)  # (D, I, 4H)
+    if torch.is_autocast_enabled(x.device.type) or x.dtype != weight.dtype:
+        # Under autocast the input projection comes out in bf16/fp16: the loop runs in its dtype.
+        x = torch.matmul(x.reshape(D, T * B, features), weight).view(D, T, B, -1)  # W x_t for every t
+        weight_hh, bias, h0, c0 = (tensor.to(x.dtype) for tensor in (weight_hh, bias, h0, c0))
+        weight = None  # x holds W x_t already
     inputs = (x, weight, weight_hh, bias, h0, c0)
-    training = torch.is_grad_enabled() and any(tensor.requires_grad for tensor in inputs)
-    if training or torch.is_autocast_enabled(x.device.type) or x.dtype != weight.dtype:
-        projected = torch.matmul(x.reshape(D, T * B, features), weight).view(D, T, B, -1)  # W x_t for every t
-        # Everything in projected's dtype: under autocast the input projection comes out in bf16/fp16.
-        inputs = (projected, *(tensor.to(projected.dtype) for tensor in (weight_hh, bias, h0, c0)))
-        if training:
-            return _LSTMRecurrence.apply(*inputs)
-        hs, cs, _, _ = _forward(*inputs, keep_gates=False)
-        return hs[:, 1:], cs[:, 1:]
-    buffer = x.new_empty(D, min(chunk, T), B, weight.shape[-1])  # (D, C, B, 4H), refilled every C steps
-
-    def project(t: int) -> None:
-        n = min(T - t, buffer.shape[1])
-        torch.bmm(x[:, t : t + n].reshape(D, n * B, features), weight, out=buffer[:, :n].view(D, n * B, -1))
-
-    hs, cs, _, _ = _forward(buffer, weight_hh, bias, h0, c0, keep_gates=False, project=project, steps=T)
+    if torch.is_grad_enabled() and any(tensor is not None and tensor.requires_grad for tensor in inputs):
+        return _LSTMRecurrence.apply(*inputs, chunk)
+    hs, cs, _, _ = _run(*inputs, keep_gates=False, chunk=chunk)
     return hs[:, 1:], cs[:, 1:]
 
 
-def _matmul_add(
-    weight: Tensor, batch_size: int, bias: Tensor | None = None
-) -> Callable[[Tensor, Tensor], Tensor]:
-    """f(x, added) = added + x Wᵀ (+ bias) for weight (N, K), x (B, K), added (B, N), bias (N,).
+def _run(x: Tensor, weight: Tensor | None, weight_hh: Tensor, bias: Tensor, h0: Tensor, c0: Tensor,
+         keep_gates: bool, chunk: int):  # fmt: skip
+    """``_forward`` over x (D, T, B, ·): W x_t already (``weight`` None), or projected by ``weight``
+    (D, I, 4H) ``chunk`` steps at a time into one reused buffer that stays in cache."""
+    if weight is None:
+        return _forward(x, weight_hh, bias, h0, c0, keep_gates)
+    D, T, B, _ = x.shape
+    buffer = x.new_empty(D, min(chunk, T), B, weight.shape[-1])  # (D, C, B, 4H), refilled every C steps
+    return _forward(buffer, weight_hh, bias, h0, c0, keep_gates, x=x, weight_ih=weight)
 
-    On CPU float32 the weight is packed once for oneDNN: 182 vs 205 µs per step for
+
+def _kernels(like: Tensor) -> Any | None:
+    """``torch.ops.gatesum`` (our compiled loops) for CPU float32 when it could be built, else None."""
+    return lstm_ops() if like.device.type == "cpu" and like.dtype == torch.float32 else None
+
+
+def _pack(weights: Tensor, batch_size: int) -> tuple[list[Tensor], bool]:
+    """D weights (D, N, K) for ``_matmul_add``, and whether they were packed.
+
+    On CPU float32 each weight is packed once for oneDNN: 182 vs 205 µs per step for
     (32×256)·(256×1024) on one thread, partly because addmm first copies ``added`` into its
-    output, while oneDNN adds it as a post-op. Anything else (float64, CUDA) takes addmm.
+    output, while oneDNN adds it as a post-op. Anything else (float64, CUDA) stays as it is.
     """
-    if weight.device.type == "cpu" and weight.dtype == torch.float32 and torch.backends.mkldnn.is_available():
+    if (
+        weights.device.type == "cpu"
+        and weights.dtype == torch.float32
+        and torch.backends.mkldnn.is_available()
+    ):
         try:
-            packed = torch.ops.mkldnn._reorder_linear_weight(weight.contiguous(), batch_size)
-            return lambda x, added: torch.ops.mkldnn._linear_pointwise.binary(x, added, packed, bias, "add")
+            return [
+                torch.ops.mkldnn._reorder_linear_weight(w.contiguous(), batch_size) for w in weights
+            ], True
         except (AttributeError, RuntimeError):  # a torch build without these private ops
             pass
-    weight_t = weight.t()
-    if bias is None:
-        return lambda x, added: torch.addmm(added, x, weight_t)
-    return lambda x, added: torch.addmm(added, x, weight_t).add_(bias)
+    return list(weights.unbind(0)), False
+
+
+def _matmul_add(x: Tensor, added: Tensor, weight: Tensor, bias: Tensor | None, packed: bool) -> Tensor:
+    """added + x Wᵀ (+ bias) for x (B, K), added (B, N), weight (N, K) from ``_pack``, bias (N,)."""
+    if packed:
+        return torch.ops.mkldnn._linear_pointwise.binary(x, added, weight, bias, "add")
+    out = torch.addmm(added, x, weight.t())
+    return out if bias is None else out.add_(bias)
 
 
 def _tanh(x: Tensor, out: Tensor) -> Tensor:
@@ -102,86 +123,127 @@ def _join(parts: list[Tensor]) -> Tensor:
 
 
 def _forward(projected: Tensor, weight_hh: Tensor, bias: Tensor, h0: Tensor, c0: Tensor, keep_gates: bool,
-             project: Callable[[int], None] | None = None, steps: int | None = None):  # fmt: skip
-    """The time loop. ``projected`` (D, T, B, 4H) holds W x_t for every step, or, with ``project``,
-    it is a (D, C, B, 4H) buffer that ``project(t)`` refills with steps t … t+C−1 (``steps`` in all).
+             x: Tensor | None = None, weight_ih: Tensor | None = None):  # fmt: skip
+    """The time loop. ``projected`` (D, T, B, 4H) holds W x_t for every step, or, given x
+    (D, T, B, I) and weight_ih (D, I, 4H), it is a (D, C, B, 4H) buffer refilled C steps at a time.
     Returns hs, cs (D, T+1, B, H) with h0, C0 first, and (when ``keep_gates``) the activations
     [i, f, o, g] (D, T, B, 4H) and tanh(C_t) (D, T, B, H) for backward."""
     D, C, B, G = projected.shape
-    T, H = steps or C, G // 4
+    weights, packed = _pack(weight_hh, B)
+    if (ops := _kernels(projected)) is not None:
+        return ops.lstm_forward(projected, x, weight_ih, weights, bias, h0, c0, packed, keep_gates)
+    T, H = (C if x is None else x.shape[1]), G // 4
     hs, cs = projected.new_empty(D, T + 1, B, H), projected.new_empty(D, T + 1, B, H)
     hs[:, 0], cs[:, 0] = h0, c0
     # Without backward, one reused buffer stays in cache; with it, every step keeps its own.
     kept = T if keep_gates else 1
     gates, tanh_cs = projected.new_empty(D, kept, B, G), projected.new_empty(D, kept, B, H)
-    matmul_adds = [_matmul_add(weight, B, b) for weight, b in zip(weight_hh, bias, strict=True)]
     # Views made once, outside the loop: indexing costs ~1 µs a call.
     step_inputs = [p.unbind(0) for p in projected]  # D × C × (B, 4H)
     step_hs = [h.unbind(0) for h in hs]  # D × (T+1) × (B, H)
-    step_gates = [gate.unbind(0) for gate in gates]  # D × kept × (B, 4H)
-    i, f, o, g = (part.unbind(1) for part in gates.chunk(4, -1))  # kept × (D, B, H) each
-    c_steps, h_steps, tanh_steps = cs.unbind(1), hs.unbind(1), tanh_cs.unbind(1)
+    gate_steps, tanh_steps = gates.unbind(1), tanh_cs.unbind(1)  # kept × (D, B, ·)
+    c_steps, h_steps = cs.unbind(1), hs.unbind(1)  # (T+1) × (D, B, H)
     for t in range(T):
         s, k = (t if keep_gates else 0), t % C
-        if project is not None and k == 0:
-            project(t)
-        for d in range(D):
-            a = matmul_adds[d](step_hs[d][t], step_inputs[d][k])  # (B, 4H)
-            torch.add(a[:, 3 * H :], a[:, 3 * H :], out=a[:, 3 * H :])
-            torch.sigmoid(a, out=step_gates[d][s])  # σ(a_i), σ(a_f), σ(a_o), σ(2a_c): one call
-        torch.add(_MINUS_ONE, g[s], alpha=2, out=g[s])  # g = tanh(a_c) = 2σ(2a_c) − 1
-        torch.mul(f[s], c_steps[t], out=c_steps[t + 1])
-        c_steps[t + 1].addcmul_(i[s], g[s])  # C_t = f ⊙ C_{t−1} + i ⊙ g
-        torch.mul(o[s], _tanh(c_steps[t + 1], out=tanh_steps[s]), out=h_steps[t + 1])
+        if x is not None and k == 0:  # W x_t for the next C steps, written into the buffer
+            n = min(T - t, C)
+            torch.bmm(
+                x[:, t : t + n].reshape(D, n * B, -1), weight_ih, out=projected[:, :n].view(D, n * B, G)
+            )
+        pre = [_matmul_add(step_hs[d][t], step_inputs[d][k], weights[d], bias[d], packed) for d in range(D)]
+        _forward_pointwise(pre, c_steps[t], gate_steps[s], c_steps[t + 1], tanh_steps[s], h_steps[t + 1])
     return hs, cs, gates, tanh_cs
+
+
+def _forward_pointwise(
+    pre: list[Tensor], c_prev: Tensor, gates: Tensor, c: Tensor, tanh_c: Tensor, h: Tensor
+):
+    """One step's pointwise work: pre-activations pre (D × (B, 4H)) and C_{t−1} (D, B, H) ->
+    gates [i, f, o, g] (D, B, 4H), C_t, tanh(C_t), h_t (D, B, H), written in place."""
+    H = c.shape[-1]
+    for a, out in zip(pre, gates, strict=True):
+        torch.add(a[:, 3 * H :], a[:, 3 * H :], out=a[:, 3 * H :])
+        torch.sigmoid(a, out=out)  # σ(a_i), σ(a_f), σ(a_o), σ(2a_c): one call
+    i, f, o, g = gates.chunk(4, -1)
+    torch.add(_MINUS_ONE, g, alpha=2, out=g)  # g = tanh(a_c) = 2σ(2a_c) − 1
+    torch.mul(f, c_prev, out=c)
+    c.addcmul_(i, g)  # C_t = f ⊙ C_{t−1} + i ⊙ g
+    torch.mul(o, _tanh(c, out=tanh_c), out=h)
+
+
+def _backward(weight_hh: Tensor, cs: Tensor, gates: Tensor, tanh_cs: Tensor, grad_hs: Tensor | None,
+              grad_cs: Tensor | None) -> tuple[Tensor, Tensor, Tensor]:  # fmt: skip
+    """Backward through the time loop: da_t (D, T, B, 4H) for every step, dh_0 and dC_0 (D, B, H)."""
+    D, T, B, G = gates.shape
+    H = G // 4
+    # dh_{t−1} = da_t U (+ the gradient from the output at t−1, added by oneDNN as a post-op)
+    weights, packed = _pack(weight_hh.transpose(1, 2), B)  # D × Uᵀ (H, 4H)
+    if (ops := _kernels(gates)) is not None:
+        return ops.lstm_backward(weights, packed, cs, gates, tanh_cs, grad_hs, grad_cs)
+    grad_a = torch.empty_like(gates)  # (D, T, B, 4H): da_t, also the grad of ``projected``
+    zero = gates.new_zeros(B, H)
+    grad_h = [grad.unbind(0) for grad in grad_hs] if grad_hs is not None else [[zero] * T] * D
+    dh = [grad_h[d][T - 1] for d in range(D)]  # D × (B, H)
+    dc = grad_cs[:, T - 1].clone() if grad_cs is not None else gates.new_zeros(D, B, H)  # updated in place
+    # Per-step views made once, outside the loop (as in ``_forward``).
+    gate_steps, tanh_c, c, grad_a_steps = gates.unbind(1), tanh_cs.unbind(1), cs.unbind(1), grad_a.unbind(1)
+    grad_a_rows = [grad.unbind(0) for grad in grad_a]  # D × T × (B, 4H)
+    for t in reversed(range(T)):
+        grad_c_prev = grad_cs[:, t - 1] if grad_cs is not None and t > 0 else None
+        # c[t] is C_{t−1}: cs starts with C_0
+        _backward_pointwise(dh, dc, gate_steps[t], tanh_c[t], c[t], grad_c_prev, grad_a_steps[t])
+        added = [grad_h[d][t - 1] if t > 0 else zero for d in range(D)]
+        dh = [_matmul_add(grad_a_rows[d][t], added[d], weights[d], None, packed) for d in range(D)]
+    return grad_a, _join(dh), dc
+
+
+def _backward_pointwise(dh: list[Tensor], dc: Tensor, gates: Tensor, tanh_c: Tensor, c_prev: Tensor,
+                        grad_c_prev: Tensor | None, grad_pre: Tensor):  # fmt: skip
+    """One step's backward pointwise work: dh_t (D × (B, H)), dC (D, B, H) and the step's saved
+    values -> da_t into grad_pre (D, B, 4H); dC becomes dC_{t−1} (+ grad_c_prev)."""
+    H = dc.shape[-1]
+    dh_joined, scratch = _join(dh), torch.empty_like(dc)
+    i, f, o, g = gates.chunk(4, -1)
+    di, df, do, dg = grad_pre.chunk(4, -1)
+    dc.add_(_tanh_backward(torch.mul(dh_joined, o, out=scratch), tanh_c, grad_input=scratch))
+    torch.mul(dc, g, out=di)
+    torch.mul(dc, c_prev, out=df)
+    torch.mul(dh_joined, tanh_c, out=do)
+    sigmoid_part = grad_pre[..., : 3 * H]  # [di, df, do] -> times σ' in place
+    _sigmoid_backward(sigmoid_part, gates[..., : 3 * H], grad_input=sigmoid_part)
+    _tanh_backward(torch.mul(dc, i, out=scratch), g, grad_input=dg)
+    dc.mul_(f)
+    if grad_c_prev is not None:
+        dc.add_(grad_c_prev)
 
 
 class _LSTMRecurrence(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, projected: Tensor, weight_hh: Tensor, bias: Tensor, h0: Tensor, c0: Tensor):
-        hs, cs, gates, tanh_cs = _forward(projected, weight_hh, bias, h0, c0, keep_gates=True)
-        ctx.save_for_backward(weight_hh, hs, cs, gates, tanh_cs)
+    def forward(ctx, x: Tensor, weight: Tensor | None, weight_hh: Tensor, bias: Tensor, h0: Tensor,
+                c0: Tensor, chunk: int):  # fmt: skip
+        hs, cs, gates, tanh_cs = _run(x, weight, weight_hh, bias, h0, c0, keep_gates=True, chunk=chunk)
+        ctx.save_for_backward(x, weight, weight_hh, hs, cs, gates, tanh_cs)
         ctx.set_materialize_grads(False)
         return hs[:, 1:], cs[:, 1:]
 
     @staticmethod
     def backward(ctx, grad_hs: Tensor | None, grad_cs: Tensor | None):
-        weight_hh, hs, cs, gates, tanh_cs = ctx.saved_tensors
+        x, weight, weight_hh, hs, cs, gates, tanh_cs = ctx.saved_tensors
         D, T, B, G = gates.shape
-        H = G // 4
-        grad_a = torch.empty_like(gates)  # (D, T, B, 4H): da_t, also the grad of ``projected``
-        grad_sigmoid = gates.new_empty(D, B, 3 * H)  # [di, df, do] before σ'
-        # dh_{t−1} = da_t U (+ the gradient from the output at t−1, added by oneDNN as a post-op)
-        matmul_adds = [_matmul_add(weight.t(), B) for weight in weight_hh]
-        zero = gates.new_zeros(B, H)
-        grad_h = [grad.unbind(0) for grad in grad_hs] if grad_hs is not None else [[zero] * T] * D
-        dh = _join([grad_h[d][T - 1] for d in range(D)])  # (D, B, H)
-        dc = (
-            grad_cs[:, T - 1].clone() if grad_cs is not None else gates.new_zeros(D, B, H)
-        )  # updated in place
-        # Per-step views made once, outside the loop (as in ``_forward``).
-        i, f, o, g = (part.unbind(1) for part in gates.chunk(4, -1))  # T × (D, B, H) each
-        sigmoids, tanh_c, c = gates[..., : 3 * H].unbind(1), tanh_cs.unbind(1), cs.unbind(1)
-        grad_sigmoids, grad_candidates = grad_a[..., : 3 * H].unbind(1), grad_a[..., 3 * H :].unbind(1)
-        grad_a_steps = [grad.unbind(0) for grad in grad_a]  # D × T × (B, 4H)
-        di, df, do = grad_sigmoid.chunk(3, -1)  # (D, B, H) views
-        scratch = gates.new_empty(D, B, H)
-        for t in reversed(range(T)):
-            dc.add_(_tanh_backward(torch.mul(dh, o[t], out=scratch), tanh_c[t], grad_input=scratch))
-            torch.mul(dc, g[t], out=di)
-            torch.mul(dc, c[t], out=df)  # c[t] is C_{t−1}: cs starts with C_0
-            torch.mul(dh, tanh_c[t], out=do)
-            _sigmoid_backward(grad_sigmoid, sigmoids[t], grad_input=grad_sigmoids[t])
-            _tanh_backward(torch.mul(dc, i[t], out=scratch), g[t], grad_input=grad_candidates[t])
-            dc.mul_(f[t])
-            if grad_cs is not None and t > 0:
-                dc.add_(grad_cs[:, t - 1])
-            added = [grad_h[d][t - 1] if t > 0 else zero for d in range(D)]
-            dh = _join([matmul_adds[d](grad_a_steps[d][t], added[d]) for d in range(D)])
-        # dU = Σ_t da_tᵀ h_{t−1}: all steps in one (4H, T·B) @ (T·B, H) matmul per direction.
-        grad_weight = None
-        if ctx.needs_input_grad[1]:
-            previous_h = hs[:, :T].reshape(D, T * B, H)
-            grad_weight = torch.bmm(grad_a.view(D, T * B, G).transpose(1, 2), previous_h)
-        grad_bias = grad_a.sum((1, 2)) if ctx.needs_input_grad[2] else None
-        return grad_a, grad_weight, grad_bias, dh, dc
+        # Gradients may come expanded or strided; the loops want them (D, T, B, H) contiguous.
+        grad_hs = grad_hs.contiguous() if grad_hs is not None else None
+        grad_cs = grad_cs.contiguous() if grad_cs is not None else None
+        grad_a, dh, dc = _backward(weight_hh, cs, gates, tanh_cs, grad_hs, grad_cs)  # da_t: (D, T, B, 4H)
+        flat = grad_a.view(D, T * B, G)
+        grad_x = grad_weight = grad_weight_hh = grad_bias = None
+        if weight is None:  # x was W x_t
+            grad_x = grad_a
+        elif ctx.needs_input_grad[0]:  # dx_t = da_t W
+            grad_x = torch.bmm(flat, weight.transpose(1, 2)).view(x.shape)
+        if ctx.needs_input_grad[1]:  # dW = Σ_t da_tᵀ x_t, here as its transpose (I, 4H)
+            grad_weight = torch.bmm(x.reshape(D, T * B, -1).transpose(1, 2), flat)
+        if ctx.needs_input_grad[2]:  # dU = Σ_t da_tᵀ h_{t−1}: all steps in one matmul per direction
+            grad_weight_hh = torch.bmm(flat.transpose(1, 2), hs[:, :T].reshape(D, T * B, G // 4))
+        if ctx.needs_input_grad[3]:
+            grad_bias = grad_a.sum((1, 2))
+        return grad_x, grad_weight, grad_weight_hh, grad_bias, dh, dc, None

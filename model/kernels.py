@@ -1,0 +1,71 @@
+"""Our compiled LSTM loops (``csrc/lstm.cpp``), forward and backward.
+
+``lstm_ops()`` builds it the first time it is asked for on a machine (about 10 s with
+g++ and ninja; torch caches the library under ``$TORCH_EXTENSIONS_DIR`` or
+``~/.cache/torch_extensions``) and returns ``torch.ops.gatesum``, or None when it cannot be
+had: no compiler, a read-only cache, or ``GATESUM_KERNELS=off``. Callers then run the same
+algorithm in Python and torch ops (``model/fused.py``), so the kernel only ever changes speed.
+
+The library is built for the CPU's vector instruction set as torch reports it (AVX-512,
+AVX2 or plain x86-64), one build per set, so a cache shared between machines never hands a
+machine instructions it lacks.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+
+log = logging.getLogger(__name__)
+
+SOURCE = Path(__file__).with_name("csrc") / "lstm.cpp"
+_FLAGS = {
+    "AVX512": ["-mavx512f", "-mavx512dq", "-mavx512vl", "-mavx2", "-mfma"],
+    "AVX2": ["-mavx2", "-mfma"],
+}
+
+
+def kernels_enabled() -> bool:
+    """False when ``GATESUM_KERNELS`` is off, 0 or false (read at each call)."""
+    return os.environ.get("GATESUM_KERNELS", "auto").strip().lower() not in {"off", "0", "false", "no"}
+
+
+@functools.cache
+def _build() -> Any | None:
+    capability = torch.backends.cpu.get_cpu_capability()
+    flags = _FLAGS.get(capability, [])
+    try:
+        from torch.utils import cpp_extension
+
+        cpp_extension.load(
+            name=f"gatesum_lstm_{capability.lower()}",
+            sources=[str(SOURCE)],
+            # -ffast-math lets GCC call glibc's vector exp in the loops (linked from libmvec);
+            # -fopenmp makes at::parallel_for use torch's OpenMP threads (its libgomp, already loaded)
+            extra_cflags=["-O3", "-ffast-math", "-fopenmp", *flags],
+            extra_ldflags=["-lmvec"],
+            is_python_module=False,
+        )
+    except Exception as error:  # any build or load failure means: use torch ops
+        log.warning(
+            "compiled LSTM loops unavailable, using torch ops instead (%s)",
+            _first_error(error),
+        )
+        return None
+    return torch.ops.gatesum
+
+
+def _first_error(error: Exception) -> str:
+    """The compiler's first "error:" line when there is one, else the exception's first line."""
+    lines = str(error).splitlines() or [repr(error)]
+    return next((line for line in lines if "error:" in line), lines[0])
+
+
+def lstm_ops() -> Any | None:
+    """``torch.ops.gatesum`` with ``lstm_forward`` and ``lstm_backward``, or None."""
+    return _build() if kernels_enabled() else None
