@@ -64,6 +64,28 @@ def lstm_recurrence(x: Tensor, weight_ih: Tensor, weight_hh: Tensor, bias: Tenso
     return hs[:, 1:], cs[:, 1:]
 
 
+def lstm_inference(x: Tensor, weight_ih: Tensor, weight_hh: Tensor, bias: Tensor, h0: Tensor, c0: Tensor,
+                   lengths: Tensor | None, chunk: int = 16) -> tuple[Tensor, ...] | None:  # fmt: skip
+    """A whole layer without autograd, in the compiled loop; None where that loop cannot run it
+    (autograd wanted, autocast, not CPU float32, kernel unavailable): then use ``lstm_recurrence``.
+
+    Arguments as ``lstm_recurrence``, with direction 1 of x already reversed within each row's
+    length, and lengths (B,) or None. Returns outputs (B, T, D·H) batch first, each direction's
+    h_t at the position it read (padding zeroed), and the final h, C (D, B, H) at length − 1.
+    Unlike ``lstm_recurrence`` it keeps no (D, T, B, H) buffers of h_t and C_t to copy from.
+    """
+    inputs = (x, weight_ih, weight_hh, bias, h0, c0)
+    if torch.is_grad_enabled() and any(tensor.requires_grad for tensor in inputs):
+        return None
+    if torch.is_autocast_enabled(x.device.type) or any(tensor.dtype != torch.float32 for tensor in inputs):
+        return None
+    if (ops := _kernels(x)) is None:
+        return None
+    pack = _can_pack(weight_hh)
+    lengths = lengths.cpu() if lengths is not None else None
+    return ops.lstm_inference(x, weight_ih, weight_hh, bias, h0, c0, lengths, pack, chunk)
+
+
 def _run(x: Tensor, weight: Tensor | None, weight_hh: Tensor, bias: Tensor, h0: Tensor, c0: Tensor,
          keep_gates: bool, chunk: int):  # fmt: skip
     """``_forward`` over x (D, T, B, ·): W x_t already (``weight`` None), or projected by ``weight``
@@ -87,18 +109,27 @@ def _pack(weights: Tensor, batch_size: int) -> tuple[list[Tensor], bool]:
     (32×256)·(256×1024) on one thread, partly because addmm first copies ``added`` into its
     output, while oneDNN adds it as a post-op. Anything else (float64, CUDA) stays as it is.
     """
-    if (
-        weights.device.type == "cpu"
-        and weights.dtype == torch.float32
-        and torch.backends.mkldnn.is_available()
-    ):
+    if _can_pack(weights):
         try:
-            return [
-                torch.ops.mkldnn._reorder_linear_weight(w.contiguous(), batch_size) for w in weights
-            ], True
-        except (AttributeError, RuntimeError):  # a torch build without these private ops
+            packed = [torch.ops.mkldnn._reorder_linear_weight(w.contiguous(), batch_size) for w in weights]
+            return packed, True
+        except RuntimeError:  # shapes oneDNN turns down
             pass
     return list(weights.unbind(0)), False
+
+
+def _can_pack(weights: Tensor) -> bool:
+    """Whether oneDNN can take these weights packed: CPU float32, and a torch built with oneDNN
+    and the (private) ops that pack a weight and multiply by it."""
+    if (
+        weights.device.type != "cpu"
+        or weights.dtype != torch.float32
+        or not torch.backends.mkldnn.is_available()
+    ):
+        return False
+    return hasattr(torch.ops.mkldnn, "_reorder_linear_weight") and hasattr(
+        torch.ops.mkldnn, "_linear_pointwise"
+    )
 
 
 def _matmul_add(x: Tensor, added: Tensor, weight: Tensor, bias: Tensor | None, packed: bool) -> Tensor:

@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from model.cells import CELLS
-from model.fused import lstm_recurrence
+from model.fused import lstm_inference, lstm_recurrence
 
 State = Tensor | tuple[Tensor, Tensor]  # h_n, or (h_n, c_n) for LSTM; each (L·D, B, H)
 
@@ -183,6 +183,9 @@ class Recurrent(nn.Module):
             h0, c0 = (torch.stack(part) for part in zip(*initial[first : first + D], strict=True))
         weight_ih, weight_hh, bias = (torch.stack([getattr(cell, name) for cell in cells])
                                       for name in ("weight_ih", "weight_hh", "bias"))  # fmt: skip
+        if (inferred := lstm_inference(x, weight_ih, weight_hh, bias, h0, c0, lengths)) is not None:
+            output, h_n, c_n = inferred  # without autograd, in our compiled loop
+            return output, list(zip(h_n.unbind(0), c_n.unbind(0), strict=True))
         hs, cs = lstm_recurrence(x, weight_ih, weight_hh, bias, h0, c0)  # (D, T, B, H) each
         if lengths is None:
             h_n, c_n = hs[:, -1], cs[:, -1]

@@ -25,6 +25,12 @@
 #include <ATen/core/dispatch/Dispatcher.h>
 #include <torch/library.h>
 
+#include <omp.h>
+
+#include <algorithm>
+#include <atomic>
+#include <exception>
+#include <utility>
 #include <cmath>
 #include <cstdint>
 #include <optional>
@@ -58,6 +64,15 @@ Tensor matmul_add(const Tensor& x, const Tensor& added, const Tensor& weight, co
   }
   Tensor out = at::addmm(added, x, weight.t());
   return bias ? out.add_(*bias) : out;
+}
+
+// W (N, K) packed for oneDNN's matmul with `batch` rows (what matmul_add's `packed` expects).
+Tensor reorder_linear_weight(const Tensor& weight, int64_t batch) {
+  using Signature = Tensor(const Tensor&, std::optional<int64_t>);
+  static const auto op = c10::Dispatcher::singleton()
+                             .findSchemaOrThrow("mkldnn::_reorder_linear_weight", "")
+                             .typed<Signature>();
+  return op.call(weight, batch);
 }
 
 // One step forward, for directions d0 <= d < d1: pre[d] (B, G) -> gates [i, f, o, g] (B, G),
@@ -186,6 +201,147 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> lstm_forward(const Tensor& projected,
   return {hs, cs, gates, tanh_cs};
 }
 
+// Inference for a whole layer, without the buffers autograd needs, as one team of threads
+// that stays together for all T steps. Each thread owns whole directions or a slice of the
+// hidden units of one direction (its rows of W and U, packed once, stay in its core's cache);
+// per step it projects its inputs (every C steps), does its matmul and pointwise work, writes
+// its part of h_t and C_t, and meets the others at one barrier: the next step's matmul reads
+// all of h_t. h and C live in two alternating (D, B, H) slots. Each h_t goes straight into out
+// (B, T, D*H) at the position the row reads it from (direction 1 reads each row backwards
+// within its length), zeros past a row's length.
+//
+// x (D, T, B, I) time major, weight_ih (D, G, I), weight_hh (D, G, H), bias (D, G), h0 and c0
+// (D, B, H), lengths (B,) or absent. Returns out and each row's final h and C (D, B, H), taken
+// at step length-1 (h0 and C0 for an empty row).
+struct Slice {  // one thread's share: hidden units [begin, end) of direction d
+  int64_t d, begin, end;
+};
+
+std::vector<Slice> slices_of(int64_t thread, int64_t threads, int64_t D, int64_t H) {
+  if (threads < D) {  // one thread does everything
+    std::vector<Slice> all;
+    for (int64_t d = 0; d < D; ++d) all.push_back({d, 0, H});
+    return all;
+  }
+  const int64_t per = threads / D, d = thread / per, part = thread % per;  // `per` threads a direction
+  if (d >= D) return {};  // a spare thread (threads not a multiple of D)
+  const int64_t begin = H * part / per, end = H * (part + 1) / per;
+  return begin < end ? std::vector<Slice>{{d, begin, end}} : std::vector<Slice>{};
+}
+
+std::tuple<Tensor, Tensor, Tensor> lstm_inference(const Tensor& x, const Tensor& weight_ih, const Tensor& weight_hh,
+                                                  const Tensor& bias, const Tensor& h0, const Tensor& c0,
+                                                  const std::optional<Tensor>& lengths, bool pack, int64_t chunk) {
+  const int64_t D = x.size(0), T = x.size(1), B = x.size(2), I = x.size(3), G = weight_hh.size(1), H = G / 4;
+  for (const auto& [tensor, name] : {std::pair{x, "x"}, {weight_ih, "weight_ih"}, {weight_hh, "weight_hh"},
+                                     {bias, "bias"}, {h0, "h0"}, {c0, "c0"}}) {
+    check_float(tensor, name);
+  }
+  TORCH_CHECK(weight_ih.sizes() == at::IntArrayRef({D, G, I}) && weight_hh.sizes() == at::IntArrayRef({D, G, H}) &&
+                  bias.sizes() == at::IntArrayRef({D, G}),
+              "weights: (D, 4H, I), (D, 4H, H), (D, 4H)");
+  TORCH_CHECK(h0.sizes() == at::IntArrayRef({D, B, H}) && c0.sizes() == h0.sizes(), "h0, c0: (D, B, H)");
+  TORCH_CHECK(chunk > 0, "chunk > 0");
+  std::vector<int64_t> length(B, T);
+  if (lengths) {
+    TORCH_CHECK(lengths->dim() == 1 && lengths->size(0) == B && lengths->device().is_cpu(), "lengths: (B,) on CPU");
+    const Tensor as_long = lengths->to(at::kLong).contiguous();
+    for (int64_t b = 0; b < B; ++b) length[b] = std::clamp<int64_t>(as_long.data_ptr<int64_t>()[b], 0, T);
+  }
+  const Tensor xs = x.contiguous();
+  Tensor out = at::empty({B, T, D * H}, x.options());
+  Tensor h_n = h0.clone().contiguous(), c_n = c0.clone().contiguous();  // rows of length 0 keep these
+  Tensor hs = at::empty({2, D, B, H}, x.options()), cs = at::empty_like(hs);
+  hs[0].copy_(h0), cs[0].copy_(c0);
+  const std::vector<std::vector<Tensor>> h_slots = {hs[0].unbind(0), hs[1].unbind(0)};  // [slot][d] (B, H)
+  const std::vector<std::vector<Tensor>> c_slots = {cs[0].unbind(0), cs[1].unbind(0)};
+  const std::vector<Tensor> x_rows = xs.unbind(0);
+  const at::ThreadLocalState state;  // grad and inference mode, carried into the team's threads
+  const int64_t C = std::max<int64_t>(1, std::min(chunk, T));
+  std::atomic<bool> failed{false};
+  std::exception_ptr error;
+  const int64_t wanted = at::in_parallel_region() ? 1 : at::get_num_threads();
+#pragma omp parallel num_threads(wanted)
+  {
+    const at::ThreadLocalStateGuard guard(state);
+    const std::vector<Slice> mine = slices_of(omp_get_thread_num(), omp_get_num_threads(), D, H);
+    struct Work {  // per slice: its rows of W, U and b, and its projection buffer (C, B, 4 units)
+      Slice slice;
+      Tensor w, u, b, buffer;
+      std::vector<Tensor> inputs;
+    };
+    std::vector<Work> work;
+    // any failure (there should be none after the checks above) is kept and re-thrown after the
+    // team ends; every thread still reaches every barrier, so none waits forever
+    auto guarded = [&](auto&& body) {
+      if (failed) return;
+      try {
+        body();
+      } catch (...) {
+#pragma omp critical(gatesum_lstm_error)
+        if (!error) error = std::current_exception();
+        failed = true;
+      }
+    };
+    guarded([&] {
+      for (const Slice& slice : mine) {
+        const int64_t units = slice.end - slice.begin;
+        // rows [q*H + begin, q*H + end) of each gate q: this slice's [i, f, o, ~C]
+        const Tensor rows = (at::arange(units, at::kLong).unsqueeze(0) + slice.begin +
+                             at::arange(4, at::kLong).unsqueeze(1) * H).flatten();
+        Tensor u = weight_hh[slice.d].index_select(0, rows).contiguous();
+        if (pack) u = reorder_linear_weight(u, B);
+        Tensor buffer = at::empty({C, B, 4 * units}, x.options());
+        work.push_back({slice, weight_ih[slice.d].index_select(0, rows).t(), u,
+                        bias[slice.d].index_select(0, rows), buffer, buffer.unbind(0)});
+      }
+    });
+    for (int64_t t = 0; t < T; ++t) {
+      const int64_t k = t % C, now = t % 2, next = 1 - now;
+      guarded([&] {
+        for (Work& item : work) {
+          const auto [d, begin, end] = item.slice;
+          const int64_t units = end - begin;
+          if (k == 0) {  // W x_t for the next C steps, written into the buffer
+            const int64_t n = std::min(T - t, C);
+            Tensor rows = item.buffer.narrow(0, 0, n).view({n * B, 4 * units});
+            at::mm_out(rows, x_rows[d].narrow(0, t, n).reshape({n * B, I}), item.w);
+          }
+          const Tensor a = matmul_add(h_slots[now][d], item.inputs[k], item.u, item.b, pack);  // (B, 4 units)
+          const float* c_now = c_slots[now][d].data_ptr<float>() + begin;
+          float *c_next = c_slots[next][d].data_ptr<float>() + begin, *h_next = h_slots[next][d].data_ptr<float>() + begin;
+          for (int64_t b = 0; b < B; ++b) {
+            const float* __restrict pre = row(a, b);
+            const float* __restrict c_prev = c_now + b * H;
+            float *__restrict c = c_next + b * H, *__restrict h = h_next + b * H;
+#pragma omp simd
+            for (int64_t j = 0; j < units; ++j) {
+              const float i = sigmoid(pre[j]), f = sigmoid(pre[units + j]), o = sigmoid(pre[2 * units + j]);
+              c[j] = f * c_prev[j] + i * tanh_(pre[3 * units + j]);
+              h[j] = o * tanh_(c[j]);
+            }
+            const bool real = t < length[b];
+            const int64_t position = d == 1 && real ? length[b] - 1 - t : t;
+            float* target = out.data_ptr<float>() + (b * T + position) * D * H + d * H + begin;
+            if (real) {
+              std::copy_n(h, units, target);
+            } else {
+              std::fill_n(target, units, 0.f);
+            }
+            if (t == length[b] - 1) {  // the row's final state
+              std::copy_n(h, units, h_n.data_ptr<float>() + (d * B + b) * H + begin);
+              std::copy_n(c, units, c_n.data_ptr<float>() + (d * B + b) * H + begin);
+            }
+          }
+        }
+      });
+#pragma omp barrier
+    }
+  }
+  if (error) std::rethrow_exception(error);
+  return {out, h_n, c_n};
+}
+
 // Backward through the loop. weight_hh_t: D weights U^T (H, G), packed or plain; hs, cs
 // (D, T+1, B, H); gates, tanh_cs from lstm_forward; grad_hs, grad_cs (D, T, B, H) or absent.
 // Returns da (D, T, B, G) for every step, dh_0 and dC_0 (D, B, H).
@@ -229,15 +385,19 @@ TORCH_LIBRARY(gatesum, m) {
         "Tensor h0, Tensor c0, bool packed, bool keep_gates) -> (Tensor, Tensor, Tensor, Tensor)");
   m.def("lstm_backward(Tensor[] weight_hh_t, bool packed, Tensor cs, Tensor gates, Tensor tanh_cs, "
         "Tensor? grad_hs, Tensor? grad_cs) -> (Tensor, Tensor, Tensor)");
+  m.def("lstm_inference(Tensor x, Tensor weight_ih, Tensor weight_hh, Tensor bias, Tensor h0, Tensor c0, "
+        "Tensor? lengths, bool pack, int chunk) -> (Tensor, Tensor, Tensor)");
 }
 
 TORCH_LIBRARY_IMPL(gatesum, CPU, m) {
   m.impl("lstm_forward", &lstm_forward);
   m.impl("lstm_backward", &lstm_backward);
+  m.impl("lstm_inference", &lstm_inference);
 }
 
 // Weights packed for oneDNN are MkldnnCPU tensors, which route the call here.
 TORCH_LIBRARY_IMPL(gatesum, MkldnnCPU, m) {
   m.impl("lstm_forward", &lstm_forward);
   m.impl("lstm_backward", &lstm_backward);
+  m.impl("lstm_inference", &lstm_inference);
 }
