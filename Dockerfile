@@ -23,7 +23,10 @@ ENV DEBIAN_FRONTEND=noninteractive \
     PIP_DISABLE_PIP_VERSION_CHECK=1 \
     PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
-    PATH=/opt/gatesum/bin:$PATH
+    PATH=/opt/gatesum/bin:$PATH \
+    GATESUM_KERNELS=off
+# GATESUM_KERNELS=off: the image has no C++ compiler, so the LSTM runs on torch ops instead of
+# our compiled loops (model/csrc): the same results up to float rounding, a slower encoder.
 
 RUN apt-get update \
  && apt-get install -y --no-install-recommends python3 python3-venv ca-certificates \
@@ -54,7 +57,7 @@ RUN cp /tmp/build/pyproject.toml /src/ \
  && rm -rf /src /tmp/build
 
 # the bundled model, when the repository has one (pyproject.toml again keeps the copy non-empty);
-# readable by the service user (bundles are written 0700), owned by root so it cannot change them
+# readable by the service user, owned by root so it cannot change them
 COPY --chmod=755 pyproject.toml pretraine[d] /app/pretrained/
 RUN rm /app/pretrained/pyproject.toml \
  && useradd --system --uid 10001 --home-dir /app --shell /usr/sbin/nologin gatesum

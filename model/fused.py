@@ -3,8 +3,8 @@
 ``Recurrent`` uses it for plain LSTM cells (no peepholes, no gates asked for); every other case
 runs the generic ``scan`` under autograd. Why it is faster than autograd over ``LSTMCell.step``:
 
-* both directions of a bidirectional layer step together: one ``baddbmm`` over the stacked
-  weights (D, 4H, H) and one set of pointwise ops on (D, B, ·) instead of two of each;
+* both directions of a bidirectional layer run in one loop; in the compiled loops each thread
+  takes one direction, whose weights then stay in its core's cache;
 * no masking in the loop. Padding is always at the end of a sequence (``reverse_padded`` keeps
   it there for the backward direction), so steps past a sequence's end only change values at
   padded positions: the caller zeroes those outputs and reads the final state at ``length − 1``;
@@ -13,11 +13,14 @@ runs the generic ``scan`` under autograd. Why it is faster than autograd over ``
   as ONE matmul over all steps at the end instead of a small one per step;
 * the bias is added inside the step's matmul (a oneDNN post-op), so the input projection is a
   plain matmul that never copies the bias into a (T, B, 4H) buffer first;
-* without autograd, the input projection runs ``chunk`` steps at a time into one reused buffer
-  that stays in cache, instead of writing all T steps (52 MB at B=32, T=400, H=256) up front;
-* on CPU float32 the loops themselves run in C++ (``csrc/lstm.cpp``, built by ``model.kernels``)
-  with each step's pointwise work as one pass over the data; the Python loops below are the
-  same algorithm in torch ops, used where the kernel is not available (and tested against it).
+* the input projection runs ``chunk`` steps at a time into one reused buffer that stays in
+  cache, instead of writing all T steps (52 MB at B=32, T=400, H=256) up front: backward needs
+  the gates, not the pre-activations, so training projects in chunks too;
+* on CPU float32 the loops run in C++ (``csrc/lstm.cpp``, built by ``model.kernels``), each
+  step's pointwise work one pass over the data; without autograd ``lstm_inference`` runs a
+  whole layer as one team of threads that meets once a step and writes the batch-first output
+  directly. The Python loops below are the same algorithm in torch ops, used where the
+  compiled loops are not available (float64, CUDA, autocast, no compiler) and tested against them.
 
 Equations (gate order [i, f, o, ~C], as in ``LSTMCell``), with a_t = W x_t + U h_{t−1} + b:
     i, f, o = σ(a_i), σ(a_f), σ(a_o);  g = tanh(a_c)

@@ -12,8 +12,8 @@ Padding never leaks: a padded step leaves the state unchanged, the backward dire
 at each sequence's own last token, and outputs at padded positions are zero.
 
 Plain LSTM layers (no peepholes, no gates asked for) take a faster path, ``model.fused``: both
-directions in one batched loop and a hand-written backward. Set ``fused = False`` on a layer
-to force the generic path.
+directions in one loop, a hand-written backward, and on CPU float32 the loops compiled from our
+C++ (``model/csrc/lstm.cpp``). Set ``fused = False`` on a layer to force the generic path.
 """
 
 from __future__ import annotations

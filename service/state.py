@@ -13,6 +13,7 @@ from fastapi import Depends, HTTPException, Request
 
 from model.bundle import Bundle, load_bundle
 from model.errors import GatesumError
+from model.kernels import lstm_ops
 from model.pipeline import Summary, summarize_texts
 from model.search import GenerationConfig
 from service.batching import MicroBatcher
@@ -47,6 +48,8 @@ class ModelService:
             log.exception("loading %s failed", self.settings.model)
             self.reason = f"loading {self.settings.model} failed: {type(error).__name__}"
         else:
+            if torch.device(self.settings.device).type == "cpu":
+                lstm_ops()  # build (first start on a machine, ~10 s) or load our LSTM loops, not on a request
             self.reason = ""
             log.info("serving %s from %s", self.bundle.name, self.bundle.path)
 

@@ -1,0 +1,125 @@
+"""Our compiled LSTM loops (model/csrc/lstm.cpp): they build where a compiler is, they give the
+numbers of the torch-ops loops they stand in for, and their absence only changes speed."""
+
+import logging
+import shutil
+
+import pytest
+import torch
+
+from model import fused, kernels
+from model.fused import lstm_inference, lstm_recurrence
+from model.recurrent import Recurrent
+
+has_compiler = shutil.which("c++") is not None and shutil.which("ninja") is not None
+needs_kernels = pytest.mark.skipif(not has_compiler, reason="no C++ compiler or ninja here")
+
+
+@pytest.fixture
+def threads(request):
+    before = torch.get_num_threads()
+    torch.set_num_threads(request.param)
+    yield request.param
+    torch.set_num_threads(before)
+
+
+def _inputs(D: int, T: int, B: int, features: int, H: int) -> list[torch.Tensor]:
+    x = torch.randn(D, T, B, features)
+    weight_ih, weight_hh = 0.5 * torch.randn(D, 4 * H, features), 0.5 * torch.randn(D, 4 * H, H)
+    return [x, weight_ih, weight_hh, torch.randn(D, 4 * H), torch.randn(D, B, H), torch.randn(D, B, H)]
+
+
+def _values_and_grads(inputs: list[torch.Tensor], with_cells: bool) -> list[torch.Tensor]:
+    inputs = [tensor.clone().requires_grad_() for tensor in inputs]
+    hs, cs = lstm_recurrence(*inputs, chunk=3)
+    loss = (hs * torch.linspace(-1, 1, hs.numel()).view_as(hs)).sum()
+    if with_cells:
+        loss = loss + cs.cos().sum()
+    loss.backward()
+    return [hs, cs] + [tensor.grad for tensor in inputs]
+
+
+@needs_kernels
+def test_the_kernels_build_where_a_compiler_is():
+    assert kernels.lstm_ops() is not None
+
+
+def test_off_switch(monkeypatch):
+    monkeypatch.setenv("GATESUM_KERNELS", "off")
+    assert kernels.lstm_ops() is None
+
+
+def test_a_failed_build_falls_back_with_one_warning(monkeypatch, caplog):
+    def fail(**_):
+        raise RuntimeError("Error building extension\nlstm.cpp:1:1: error: no compiler today")
+
+    monkeypatch.setattr(torch.utils.cpp_extension, "load", fail)
+    kernels._build.cache_clear()
+    try:
+        with caplog.at_level(logging.WARNING, logger="model.kernels"):
+            assert kernels.lstm_ops() is None
+        assert "error: no compiler today" in caplog.text
+        # the layer still runs, on torch ops
+        output, _ = Recurrent("lstm", 3, 4)(torch.randn(2, 5, 3))
+        assert output.shape == (2, 5, 4)
+    finally:
+        kernels._build.cache_clear()
+
+
+@needs_kernels
+@pytest.mark.parametrize("threads", [1, 2], indirect=True, ids=["1-thread", "2-threads"])
+@pytest.mark.parametrize("D", [1, 2], ids=["uni", "bi"])
+@pytest.mark.parametrize("with_cells", [False, True], ids=["h", "h-and-c"])
+def test_compiled_training_loops_equal_the_torch_ops_loops(monkeypatch, threads, D, with_cells):
+    torch.manual_seed(D + 2 * with_cells)
+    inputs = _inputs(D, 7, 5, 3, 6)
+    got = _values_and_grads(inputs, with_cells)
+    monkeypatch.setenv("GATESUM_KERNELS", "off")
+    want = _values_and_grads(inputs, with_cells)
+    for got_part, want_part in zip(got, want, strict=True):
+        torch.testing.assert_close(got_part, want_part, atol=1e-5, rtol=1e-5)
+
+
+@needs_kernels
+@pytest.mark.parametrize("threads", [1, 2, 3], indirect=True, ids=["1-thread", "2-threads", "3-threads"])
+@pytest.mark.parametrize("bidirectional", [False, True], ids=["uni", "bi"])
+@pytest.mark.parametrize("lengths", [None, torch.tensor([7, 3, 1, 5, 0])], ids=["full", "padded"])
+@pytest.mark.parametrize("hidden", [5, 16])  # 5: the threads' slices of hidden units are uneven
+def test_compiled_inference_equals_the_training_path(monkeypatch, threads, bidirectional, lengths, hidden):
+    torch.manual_seed(hidden)
+    layer = Recurrent("lstm", 4, hidden, num_layers=2, bidirectional=bidirectional)
+    D = 2 if bidirectional else 1
+    x = torch.randn(5, 7, 4)
+    state = (torch.randn(2 * D, 5, hidden), torch.randn(2 * D, 5, hidden))
+    with torch.inference_mode():
+        got_output, (got_h, got_c) = layer(x, lengths, state)
+    monkeypatch.setenv("GATESUM_KERNELS", "off")
+    with torch.inference_mode():
+        want_output, (want_h, want_c) = layer(x, lengths, state)
+    for got, want in [(got_output, want_output), (got_h, want_h), (got_c, want_c)]:
+        torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
+
+
+@needs_kernels
+def test_inference_takes_the_compiled_loop_only_without_autograd():
+    inputs = _inputs(1, 4, 2, 3, 5)
+    with torch.no_grad():
+        assert lstm_inference(*inputs, lengths=None) is not None
+    weight_ih = inputs[1].clone().requires_grad_()
+    assert lstm_inference(inputs[0], weight_ih, *inputs[2:], lengths=None) is None
+    assert lstm_inference(*[tensor.double() for tensor in inputs], lengths=None) is None
+
+
+@needs_kernels
+def test_bad_shapes_are_refused_with_a_message():
+    x, weight_ih, weight_hh, bias, h0, c0 = _inputs(1, 4, 2, 3, 5)
+    with pytest.raises(RuntimeError, match=r"h0, c0: \(D, B, H\)"):
+        kernels.lstm_ops().lstm_inference(x, weight_ih, weight_hh, bias, h0[:, :1], c0, None, False, 4)
+    with pytest.raises(RuntimeError, match="lengths"):
+        kernels.lstm_ops().lstm_inference(x, weight_ih, weight_hh, bias, h0, c0, torch.ones(3), False, 4)
+
+
+def test_pack_leaves_other_dtypes_alone():
+    weights = torch.randn(2, 8, 4, dtype=torch.float64)
+    unpacked, packed = fused._pack(weights, batch_size=3)
+    assert not packed and all(torch.equal(a, b) for a, b in zip(unpacked, weights, strict=True))
