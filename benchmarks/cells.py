@@ -17,6 +17,7 @@ from collections.abc import Callable
 import torch
 from torch import Tensor, nn
 
+from model.kernels import lstm_ops
 from model.recurrent import Recurrent
 
 TARGETS = {"train": 1.2, "inference": 1.3}  # ours / torch, median ms, on CPU
@@ -83,8 +84,9 @@ def run(args: argparse.Namespace) -> int:
         torch.set_num_threads(args.threads)
     B, T, H = args.batch_size, args.steps, args.hidden_size
     reference_name = "cuDNN" if device.type == "cuda" else "torch"
+    loops = "compiled (model/csrc/lstm.cpp)" if device.type == "cpu" and lstm_ops() else "torch ops"
     print(f"Recurrent('lstm') vs torch.nn.LSTM on {device} ({torch.get_num_threads()} threads), "
-          f"B={B} T={T} I={args.input_size} H={H}, median of {args.repeats}")  # fmt: skip
+          f"B={B} T={T} I={args.input_size} H={H}, median of {args.repeats}; our loops: {loops}")  # fmt: skip
     print(f"{'case':<20}{'ours ms':>10}{reference_name + ' ms':>11}{'ratio':>8}{'target':>8}  met")
     rows = []
     for bidirectional in (False, True):
@@ -114,6 +116,7 @@ def run(args: argparse.Namespace) -> int:
             "threads": torch.get_num_threads(),
             "H": H,
             "repeats": args.repeats,
+            "our_loops": loops,
         }
         with open(args.json, "w") as file:
             json.dump({"settings": settings, "results": rows}, file, indent=2)
