@@ -16,6 +16,8 @@ from __future__ import annotations
 import functools
 import logging
 import os
+import shutil
+import sysconfig
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +32,17 @@ _FLAGS = {
 }
 
 
+def can_build() -> bool:
+    """Whether this machine has what the build needs: a C++ compiler and ninja."""
+    return shutil.which(os.environ.get("CXX", "c++")) is not None and _ninja() is not None
+
+
+def _ninja() -> str | None:
+    """ninja's path. torch runs it from PATH; the pip package puts it in the environment's scripts
+    folder, which is not on PATH when the environment is used without activating it."""
+    return shutil.which("ninja") or shutil.which("ninja", path=sysconfig.get_path("scripts"))
+
+
 def kernels_enabled() -> bool:
     """False when ``GATESUM_KERNELS`` is off, 0 or false (read at each call)."""
     return os.environ.get("GATESUM_KERNELS", "auto").strip().lower() not in {"off", "0", "false", "no"}
@@ -37,6 +50,9 @@ def kernels_enabled() -> bool:
 
 @functools.cache
 def _build() -> Any | None:
+    ninja = _ninja()
+    if ninja is not None and shutil.which("ninja") is None:
+        os.environ["PATH"] = os.path.dirname(ninja) + os.pathsep + os.environ.get("PATH", "")
     capability = torch.backends.cpu.get_cpu_capability()
     flags = _FLAGS.get(capability, [])
     try:

@@ -2,7 +2,6 @@
 numbers of the torch-ops loops they stand in for, and their absence only changes speed."""
 
 import logging
-import shutil
 
 import pytest
 import torch
@@ -11,8 +10,7 @@ from model import fused, kernels
 from model.fused import lstm_inference, lstm_recurrence
 from model.recurrent import Recurrent
 
-has_compiler = shutil.which("c++") is not None and shutil.which("ninja") is not None
-needs_kernels = pytest.mark.skipif(not has_compiler, reason="no C++ compiler or ninja here")
+needs_kernels = pytest.mark.skipif(not kernels.can_build(), reason="no C++ compiler or ninja here")
 
 
 @pytest.fixture
