@@ -163,9 +163,11 @@ def _forward(projected: Tensor, weight_hh: Tensor, bias: Tensor, h0: Tensor, c0:
     Returns hs, cs (D, T+1, B, H) with h0, C0 first, and (when ``keep_gates``) the activations
     [i, f, o, g] (D, T, B, 4H) and tanh(C_t) (D, T, B, H) for backward."""
     D, C, B, G = projected.shape
-    weights, packed = _pack(weight_hh, B)
     if (ops := _kernels(projected)) is not None:
-        return ops.lstm_forward(projected, x, weight_ih, weights, bias, h0, c0, packed, keep_gates)
+        return ops.lstm_forward(
+            projected, x, weight_ih, weight_hh, bias, h0, c0, _can_pack(weight_hh), keep_gates
+        )
+    weights, packed = _pack(weight_hh, B)
     T, H = (C if x is None else x.shape[1]), G // 4
     hs, cs = projected.new_empty(D, T + 1, B, H), projected.new_empty(D, T + 1, B, H)
     hs[:, 0], cs[:, 0] = h0, c0
@@ -210,10 +212,10 @@ def _backward(weight_hh: Tensor, cs: Tensor, gates: Tensor, tanh_cs: Tensor, gra
     """Backward through the time loop: da_t (D, T, B, 4H) for every step, dh_0 and dC_0 (D, B, H)."""
     D, T, B, G = gates.shape
     H = G // 4
+    if (ops := _kernels(gates)) is not None:
+        return ops.lstm_backward(weight_hh, _can_pack(weight_hh), cs, gates, tanh_cs, grad_hs, grad_cs)
     # dh_{t−1} = da_t U (+ the gradient from the output at t−1, added by oneDNN as a post-op)
     weights, packed = _pack(weight_hh.transpose(1, 2), B)  # D × Uᵀ (H, 4H)
-    if (ops := _kernels(gates)) is not None:
-        return ops.lstm_backward(weights, packed, cs, gates, tanh_cs, grad_hs, grad_cs)
     grad_a = torch.empty_like(gates)  # (D, T, B, 4H): da_t, also the grad of ``projected``
     zero = gates.new_zeros(B, H)
     grad_h = [grad.unbind(0) for grad in grad_hs] if grad_hs is not None else [[zero] * T] * D

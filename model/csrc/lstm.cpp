@@ -159,19 +159,29 @@ void check_float(const Tensor& tensor, const char* name) {
   TORCH_CHECK(tensor.device().is_cpu() && tensor.scalar_type() == at::kFloat, name, ": CPU float32 only");
 }
 
+// D weights (N, K) for matmul_add: packed for oneDNN with `batch` rows when `pack`, else as they are.
+std::vector<Tensor> weights_for(const Tensor& weights, int64_t batch, bool pack) {
+  std::vector<Tensor> out = weights.unbind(0);
+  if (pack) {
+    for (Tensor& weight : out) weight = reorder_linear_weight(weight.contiguous(), batch);
+  }
+  return out;
+}
+
 // The time loop. projected (D, C, B, G) holds W x_t for all T = C steps, or, with x (D, T, B, I)
-// and weight_ih (D, I, G), it is a buffer refilled with C steps at a time. weight_hh: D weights
-// (G, H), packed or plain; bias (D, G); h0, c0 (D, B, H). Returns hs, cs (D, T+1, B, H) with
-// h0, C0 first, and, when keep_gates, the activations (D, T, B, G) and tanh(C_t) (D, T, B, H).
+// and weight_ih (D, I, G), it is a buffer refilled with C steps at a time. weight_hh (D, G, H),
+// packed here for oneDNN when `pack`; bias (D, G); h0, c0 (D, B, H). Returns hs, cs
+// (D, T+1, B, H) with h0, C0 first, and, when keep_gates, the activations (D, T, B, G) and
+// tanh(C_t) (D, T, B, H).
 std::tuple<Tensor, Tensor, Tensor, Tensor> lstm_forward(const Tensor& projected, const std::optional<Tensor>& x,
                                                         const std::optional<Tensor>& weight_ih,
-                                                        at::TensorList weight_hh, const Tensor& bias,
-                                                        const Tensor& h0, const Tensor& c0, bool packed,
+                                                        const Tensor& weight_hh, const Tensor& bias,
+                                                        const Tensor& h0, const Tensor& c0, bool pack,
                                                         bool keep_gates) {
   const int64_t D = projected.size(0), C = projected.size(1), B = projected.size(2), G = projected.size(3);
   const int64_t H = G / 4, T = x ? x->size(1) : C;
   check_float(projected, "projected"), check_float(h0, "h0"), check_float(c0, "c0");
-  TORCH_CHECK(projected.is_contiguous() && static_cast<int64_t>(weight_hh.size()) == D, "projected, weight_hh");
+  TORCH_CHECK(projected.is_contiguous() && weight_hh.sizes() == at::IntArrayRef({D, G, H}), "projected, weight_hh");
   TORCH_CHECK(h0.sizes() == c0.sizes() && h0.size(0) == D && h0.size(1) == B && h0.size(2) == H, "h0, c0: (D, B, H)");
   Tensor hs = at::empty({D, T + 1, B, H}, projected.options()), cs = at::empty_like(hs);
   hs.select(1, 0).copy_(h0), cs.select(1, 0).copy_(c0);
@@ -180,7 +190,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> lstm_forward(const Tensor& projected,
   Tensor tanh_cs = at::empty({D, kept, B, H}, projected.options());
   const auto h_steps = steps_of(hs), c_steps = steps_of(cs), gate_steps = steps_of(gates);
   const auto tanh_steps = steps_of(tanh_cs), inputs = steps_of(projected);
-  const std::vector<Tensor> biases = bias.unbind(0);
+  const std::vector<Tensor> biases = bias.unbind(0), weights = weights_for(weight_hh, B, pack);
   const std::vector<Tensor> buffers = projected.unbind(0);  // D x (C, B, G)
   const std::vector<Tensor> xs = x ? x->unbind(0) : std::vector<Tensor>(), ws = x ? weight_ih->unbind(0) : xs;
   std::vector<Tensor> pre(D);
@@ -193,7 +203,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> lstm_forward(const Tensor& projected,
           Tensor out = buffers[d].narrow(0, 0, n).view({n * B, G});
           at::mm_out(out, xs[d].narrow(0, t, n).reshape({n * B, xs[d].size(2)}), ws[d]);
         }
-        pre[d] = matmul_add(h_steps[t][d], inputs[k][d], weight_hh[d], biases[d], packed);
+        pre[d] = matmul_add(h_steps[t][d], inputs[k][d], weights[d], biases[d], pack);
       }
       forward_pointwise(pre, c_steps[t], gate_steps[s], c_steps[t + 1], tanh_steps[s], h_steps[t + 1], d0, d1);
     }
@@ -342,10 +352,10 @@ std::tuple<Tensor, Tensor, Tensor> lstm_inference(const Tensor& x, const Tensor&
   return {out, h_n, c_n};
 }
 
-// Backward through the loop. weight_hh_t: D weights U^T (H, G), packed or plain; hs, cs
-// (D, T+1, B, H); gates, tanh_cs from lstm_forward; grad_hs, grad_cs (D, T, B, H) or absent.
-// Returns da (D, T, B, G) for every step, dh_0 and dC_0 (D, B, H).
-std::tuple<Tensor, Tensor, Tensor> lstm_backward(at::TensorList weight_hh_t, bool packed, const Tensor& cs,
+// Backward through the loop. weight_hh (D, G, H), its transpose packed here for oneDNN when
+// `pack`; cs (D, T+1, B, H), gates, tanh_cs from lstm_forward; grad_hs, grad_cs (D, T, B, H) or
+// absent. Returns da (D, T, B, G) for every step, dh_0 and dC_0 (D, B, H).
+std::tuple<Tensor, Tensor, Tensor> lstm_backward(const Tensor& weight_hh, bool pack, const Tensor& cs,
                                                  const Tensor& gates, const Tensor& tanh_cs,
                                                  const std::optional<Tensor>& grad_hs,
                                                  const std::optional<Tensor>& grad_cs) {
@@ -354,6 +364,7 @@ std::tuple<Tensor, Tensor, Tensor> lstm_backward(at::TensorList weight_hh_t, boo
   for (const auto& grad : {grad_hs, grad_cs}) {
     TORCH_CHECK(!grad || (grad->is_contiguous() && grad->sizes() == tanh_cs.sizes()), "grads: (D, T, B, H)");
   }
+  const std::vector<Tensor> weights_t = weights_for(weight_hh.transpose(1, 2), B, pack);  // D x U^T (H, G)
   Tensor grad_a = at::empty_like(gates);
   Tensor dc = grad_cs ? grad_cs->select(1, T - 1).clone() : at::zeros({D, B, H}, gates.options());
   const Tensor zero = at::zeros({B, H}, gates.options());
@@ -371,7 +382,7 @@ std::tuple<Tensor, Tensor, Tensor> lstm_backward(at::TensorList weight_hh_t, boo
       backward_pointwise(dh, dcs, gate_steps[t], tanh_steps[t], c_steps[t], grad_c_prev, grad_steps[t], d0, d1);
       for (int64_t d = d0; d < d1; ++d) {  // dh_{t-1} = da_t U + the gradient from the output at t-1
         const Tensor& added = grad_hs && t > 0 ? grad_h[t - 1][d] : zero;
-        dh[d] = matmul_add(grad_steps[t][d], added, weight_hh_t[d], std::nullopt, packed);
+        dh[d] = matmul_add(grad_steps[t][d], added, weights_t[d], std::nullopt, pack);
       }
     }
   });
@@ -381,9 +392,9 @@ std::tuple<Tensor, Tensor, Tensor> lstm_backward(at::TensorList weight_hh_t, boo
 }  // namespace
 
 TORCH_LIBRARY(gatesum, m) {
-  m.def("lstm_forward(Tensor(a!) projected, Tensor? x, Tensor? weight_ih, Tensor[] weight_hh, Tensor bias, "
-        "Tensor h0, Tensor c0, bool packed, bool keep_gates) -> (Tensor, Tensor, Tensor, Tensor)");
-  m.def("lstm_backward(Tensor[] weight_hh_t, bool packed, Tensor cs, Tensor gates, Tensor tanh_cs, "
+  m.def("lstm_forward(Tensor(a!) projected, Tensor? x, Tensor? weight_ih, Tensor weight_hh, Tensor bias, "
+        "Tensor h0, Tensor c0, bool pack, bool keep_gates) -> (Tensor, Tensor, Tensor, Tensor)");
+  m.def("lstm_backward(Tensor weight_hh, bool pack, Tensor cs, Tensor gates, Tensor tanh_cs, "
         "Tensor? grad_hs, Tensor? grad_cs) -> (Tensor, Tensor, Tensor)");
   m.def("lstm_inference(Tensor x, Tensor weight_ih, Tensor weight_hh, Tensor bias, Tensor h0, Tensor c0, "
         "Tensor? lengths, bool pack, int chunk) -> (Tensor, Tensor, Tensor)");
@@ -395,9 +406,3 @@ TORCH_LIBRARY_IMPL(gatesum, CPU, m) {
   m.impl("lstm_inference", &lstm_inference);
 }
 
-// Weights packed for oneDNN are MkldnnCPU tensors, which route the call here.
-TORCH_LIBRARY_IMPL(gatesum, MkldnnCPU, m) {
-  m.impl("lstm_forward", &lstm_forward);
-  m.impl("lstm_backward", &lstm_backward);
-  m.impl("lstm_inference", &lstm_inference);
-}
