@@ -7,6 +7,7 @@ from pathlib import Path
 
 from fastapi.testclient import TestClient
 
+from service import state
 from service.app import create_app
 from tests.service.conftest import ARTICLE, SOURCE_MAX_TOKENS, make_settings
 
@@ -136,3 +137,12 @@ def test_corrupt_bundle_is_a_readable_503_not_a_traceback(tmp_path: Path, tiny_b
         assert "model.safetensors" in reason and "Traceback" not in reason
     card = json.loads((tiny_bundle / "config.json").read_text())
     assert card["format"] == "gatesum-bundle"  # the fixture bundle itself is untouched
+
+
+def test_the_compiled_lstm_loops_are_ready_before_the_service_is(monkeypatch, settings) -> None:
+    """Building them takes ~10 s on a machine's first start: at startup, not in a request."""
+    calls = []
+    monkeypatch.setattr(state, "lstm_ops", lambda: calls.append("built"))
+    with TestClient(create_app(settings)) as client:
+        assert calls == ["built"]
+        assert client.get("/readyz").status_code == 200
