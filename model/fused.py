@@ -184,7 +184,9 @@ def _forward(projected: Tensor, weight_hh: Tensor, bias: Tensor, h0: Tensor, c0:
         if x is not None and k == 0:  # W x_t for the next C steps, written into the buffer
             n = min(T - t, C)
             torch.bmm(
-                x[:, t : t + n].reshape(D, n * B, -1), weight_ih, out=projected[:, :n].view(D, n * B, G)
+                x[:, t : t + n].reshape(D, n * B, x.shape[-1]),
+                weight_ih,
+                out=projected[:, :n].view(D, n * B, G),
             )
         pre = [_matmul_add(step_hs[d][t], step_inputs[d][k], weights[d], bias[d], packed) for d in range(D)]
         _forward_pointwise(pre, c_steps[t], gate_steps[s], c_steps[t + 1], tanh_steps[s], h_steps[t + 1])
@@ -277,7 +279,7 @@ class _LSTMRecurrence(torch.autograd.Function):
         elif ctx.needs_input_grad[0]:  # dx_t = da_t W
             grad_x = torch.bmm(flat, weight.transpose(1, 2)).view(x.shape)
         if ctx.needs_input_grad[1]:  # dW = Σ_t da_tᵀ x_t, here as its transpose (I, 4H)
-            grad_weight = torch.bmm(x.reshape(D, T * B, -1).transpose(1, 2), flat)
+            grad_weight = torch.bmm(x.reshape(D, T * B, x.shape[-1]).transpose(1, 2), flat)
         if ctx.needs_input_grad[2]:  # dU = Σ_t da_tᵀ h_{t−1}: all steps in one matmul per direction
             grad_weight_hh = torch.bmm(flat.transpose(1, 2), hs[:, :T].reshape(D, T * B, G // 4))
         if ctx.needs_input_grad[3]:

@@ -121,3 +121,16 @@ def test_pack_leaves_other_dtypes_alone():
     weights = torch.randn(2, 8, 4, dtype=torch.float64)
     unpacked, packed = fused._pack(weights, batch_size=3)
     assert not packed and all(torch.equal(a, b) for a, b in zip(unpacked, weights, strict=True))
+
+
+@pytest.mark.parametrize("kernels_setting", ["auto", "off"])
+def test_an_empty_batch_runs_through_every_path(monkeypatch, kernels_setting):
+    monkeypatch.setenv("GATESUM_KERNELS", kernels_setting)
+    layer = Recurrent("lstm", 3, 4, bidirectional=True)
+    with torch.inference_mode():
+        output, (h_n, _) = layer(torch.randn(0, 5, 3))
+    assert output.shape == (0, 5, 8) and h_n.shape == (2, 0, 4)
+    x = torch.randn(0, 5, 3, requires_grad=True)
+    output, _ = layer(x)
+    output.sum().backward()
+    assert x.grad.shape == (0, 5, 3)
