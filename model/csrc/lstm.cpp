@@ -261,6 +261,7 @@ std::tuple<Tensor, Tensor, Tensor> lstm_inference(const Tensor& x, const Tensor&
   const Tensor xs = x.contiguous();
   Tensor out = at::empty({B, T, D * H}, x.options());
   Tensor h_n = h0.clone().contiguous(), c_n = c0.clone().contiguous();  // rows of length 0 keep these
+  float *out_data = out.data_ptr<float>(), *h_n_data = h_n.data_ptr<float>(), *c_n_data = c_n.data_ptr<float>();
   Tensor hs = at::empty({2, D, B, H}, x.options()), cs = at::empty_like(hs);
   hs[0].copy_(h0), cs[0].copy_(c0);
   const std::vector<std::vector<Tensor>> h_slots = {hs[0].unbind(0), hs[1].unbind(0)};  // [slot][d] (B, H)
@@ -332,15 +333,15 @@ std::tuple<Tensor, Tensor, Tensor> lstm_inference(const Tensor& x, const Tensor&
             }
             const bool real = t < length[b];
             const int64_t position = d == 1 && real ? length[b] - 1 - t : t;
-            float* target = out.data_ptr<float>() + (b * T + position) * D * H + d * H + begin;
+            float* target = out_data + (b * T + position) * D * H + d * H + begin;
             if (real) {
               std::copy_n(h, units, target);
             } else {
               std::fill_n(target, units, 0.f);
             }
             if (t == length[b] - 1) {  // the row's final state
-              std::copy_n(h, units, h_n.data_ptr<float>() + (d * B + b) * H + begin);
-              std::copy_n(c, units, c_n.data_ptr<float>() + (d * B + b) * H + begin);
+              std::copy_n(h, units, h_n_data + (d * B + b) * H + begin);
+              std::copy_n(c, units, c_n_data + (d * B + b) * H + begin);
             }
           }
         }
