@@ -48,24 +48,24 @@ RUN if ls /tmp/build/torch-*.whl >/dev/null 2>&1; then \
 RUN python -c "import tomllib; print('\n'.join(tomllib.load(open('/tmp/build/pyproject.toml', 'rb'))['project']['dependencies']))" \
       > /tmp/build/requirements.txt \
  && pip install -r /tmp/build/requirements.txt
+# the package's folders, mapped into the one import package ``gatesum`` by pyproject.toml; the
+# bundled model is package data of gatesum.pretrained (owned by root, readable by the service user)
+COPY gatesum /src/gatesum
 COPY model /src/model
 COPY training /src/training
 COPY service /src/service
+COPY experiments /src/experiments
 COPY benchmarks /src/benchmarks
+COPY pretrained /src/pretrained
 RUN cp /tmp/build/pyproject.toml /src/ \
+ && rm -rf /src/benchmarks/results \
  && pip install --no-deps /src \
- && rm -rf /src /tmp/build
-
-# the bundled model, when the repository has one (pyproject.toml again keeps the copy non-empty);
-# readable by the service user, owned by root so it cannot change them
-COPY --chmod=755 pyproject.toml pretraine[d] /app/pretrained/
-RUN rm /app/pretrained/pyproject.toml \
+ && rm -rf /src /tmp/build \
  && useradd --system --uid 10001 --home-dir /app --shell /usr/sbin/nologin gatesum
 
 USER gatesum
 WORKDIR /app
-ENV GATESUM_MODEL=/app/pretrained/cnndm-lstm-small \
-    GATESUM_PORT=8000
+ENV GATESUM_PORT=8000
 EXPOSE 8000
 HEALTHCHECK --interval=10s --timeout=3s --start-period=60s --retries=3 \
   CMD ["python", "-c", "import os, urllib.request; urllib.request.urlopen('http://127.0.0.1:%s/healthz' % os.environ['GATESUM_PORT'], timeout=2)"]

@@ -10,8 +10,14 @@ import argparse
 import importlib
 
 BENCHMARKS = {
-    "cells": ("benchmarks.cells", "our Recurrent(LSTM) against torch.nn.LSTM: train step and inference"),
-    "serve": ("benchmarks.serve", "the REST service under concurrent load, micro-batching on and off"),
+    "cells": (
+        "gatesum.benchmarks.cells",
+        "our Recurrent(LSTM) against torch.nn.LSTM: train step and inference",
+    ),
+    "serve": (
+        "gatesum.benchmarks.serve",
+        "the REST service under concurrent load, micro-batching on and off",
+    ),
 }
 
 

@@ -17,8 +17,8 @@ from collections.abc import Callable
 import torch
 from torch import Tensor, nn
 
-from model.kernels import lstm_ops
-from model.recurrent import Recurrent
+from gatesum.model.kernels import lstm_ops
+from gatesum.model.recurrent import Recurrent
 
 TARGETS = {"train": 1.2, "inference": 1.3}  # ours / torch, median ms, on CPU
 

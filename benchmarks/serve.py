@@ -68,11 +68,11 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _default_model(scratch: Path) -> Path:
-    from service.settings import BUNDLED_MODEL
+    from gatesum.service.settings import BUNDLED_MODEL
 
     if BUNDLED_MODEL.is_dir():
         return BUNDLED_MODEL
-    from service.tiny import build_tiny_bundle
+    from gatesum.service.tiny import build_tiny_bundle
 
     print("no bundled model: building a tiny untrained one")
     return build_tiny_bundle(scratch / "tiny")
@@ -85,7 +85,7 @@ class _server:
         with socket.socket() as probe:
             probe.bind(("127.0.0.1", 0))
             self.port = probe.getsockname()[1]
-        self.command = [sys.executable, "-m", "service.cli", "serve", "--port", str(self.port),
+        self.command = [sys.executable, "-m", "gatesum", "serve", "--port", str(self.port),
                         "--model", str(model), "--max-batch-size", str(max_batch_size),
                         "--max-wait-ms", str(max_wait_ms), "--max-queue", "100000",
                         "--log-level", "warning"]  # fmt: skip

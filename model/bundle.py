@@ -17,6 +17,7 @@ import os
 import shutil
 import tempfile
 from dataclasses import asdict, dataclass
+from importlib import resources
 from pathlib import Path
 from typing import Any
 
@@ -24,14 +25,17 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from model.config import ModelConfig
-from model.errors import GatesumError
-from model.summarizer import Summarizer
-from model.text import NormalizerConfig
-from model.tokenizer import Tokenizer
+from gatesum.model.config import ModelConfig
+from gatesum.model.errors import GatesumError
+from gatesum.model.summarizer import Summarizer
+from gatesum.model.text import NormalizerConfig
+from gatesum.model.tokenizer import Tokenizer
 
 FORMAT = "gatesum-bundle"
 CONFIG_FILE, WEIGHTS_FILE, TOKENIZER_FILE = "config.json", "model.safetensors", "tokenizer.model"
+# The model that ships with the package (package data of ``gatesum.pretrained``): the default of
+# the service, ``gatesum summarize``/``eval`` and ``gatesum.load()``.
+BUNDLED_MODEL = Path(str(resources.files("gatesum.pretrained") / "cnndm-lstm-small"))
 
 
 @dataclass

@@ -6,8 +6,8 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
-from model.attention import KINDS as ATTENTION_KINDS
-from model.cells import CELLS
+from gatesum.model.attention import KINDS as ATTENTION_KINDS
+from gatesum.model.cells import CELLS
 
 
 @dataclass

@@ -25,10 +25,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from model.attention import Attention
-from model.cells import CELLS
-from model.config import ModelConfig
-from model.encoder import EncoderOutput
+from gatesum.model.attention import Attention
+from gatesum.model.cells import CELLS
+from gatesum.model.config import ModelConfig
+from gatesum.model.encoder import EncoderOutput
 
 PROBABILITY_FLOOR = 1e-12  # clamp before the log: p_gen reaching 0 or 1 must not give -inf
 

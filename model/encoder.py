@@ -7,8 +7,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from model.config import ModelConfig
-from model.recurrent import Recurrent, padding_mask
+from gatesum.model.config import ModelConfig
+from gatesum.model.recurrent import Recurrent, padding_mask
 
 
 @dataclass
@@ -55,7 +55,7 @@ class Encoder(nn.Module):
             **options,
         )
         if config.gate_init != "default":
-            from model.init import apply_gate_init
+            from gatesum.model.init import apply_gate_init
 
             apply_gate_init(self.recurrent, config.gate_init, config.gate_init_max_lag)
 

@@ -38,7 +38,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from model.kernels import lstm_ops
+from gatesum.model.kernels import lstm_ops
 
 _sigmoid_backward = torch.ops.aten.sigmoid_backward.grad_input  # out= forms: no extra copy
 _tanh_backward = torch.ops.aten.tanh_backward.grad_input

@@ -28,8 +28,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from model.cells import GRUCell, LSTMCell, RNNCell
-from model.recurrent import Recurrent
+from gatesum.model.cells import GRUCell, LSTMCell, RNNCell
+from gatesum.model.recurrent import Recurrent
 
 GATE_INITS = ("chrono", "default")
 

@@ -28,7 +28,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from model.recurrent import Recurrent, padding_mask, reverse_padded, scan
+from gatesum.model.recurrent import Recurrent, padding_mask, reverse_padded, scan
 
 # name of the gate whose product is the retention, and whether that gate keeps (f) or writes (z)
 _KEEP_GATES = {"lstm": ("forget", True), "gru": ("update", False)}

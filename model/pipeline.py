@@ -14,10 +14,10 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from model.bundle import Bundle
-from model.memory import gate_retention, memory_trace
-from model.search import GenerationConfig
-from model.text import detokenize, normalize, source_casing
+from gatesum.model.bundle import Bundle
+from gatesum.model.memory import gate_retention, memory_trace
+from gatesum.model.search import GenerationConfig
+from gatesum.model.text import detokenize, normalize, source_casing
 
 DEFAULT_SOURCE_MAX_TOKENS = 400
 

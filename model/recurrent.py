@@ -22,8 +22,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from model.cells import CELLS
-from model.fused import lstm_inference, lstm_recurrence
+from gatesum.model.cells import CELLS
+from gatesum.model.fused import lstm_inference, lstm_recurrence
 
 State = Tensor | tuple[Tensor, Tensor]  # h_n, or (h_n, c_n) for LSTM; each (L·D, B, H)
 

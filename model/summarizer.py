@@ -15,10 +15,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from model.config import ModelConfig
-from model.decoder import PROBABILITY_FLOOR, Decoder, DecoderState
-from model.encoder import Bridge, Encoder
-from model.search import GenerationConfig, SearchResult, beam_search, greedy_search
+from gatesum.model.config import ModelConfig
+from gatesum.model.decoder import PROBABILITY_FLOOR, Decoder, DecoderState
+from gatesum.model.encoder import Bridge, Encoder
+from gatesum.model.search import GenerationConfig, SearchResult, beam_search, greedy_search
 
 
 @dataclass

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import sentencepiece as spm
 
-from model.errors import GatesumError
+from gatesum.model.errors import GatesumError
 
 PAD_ID, UNK_ID, BOS_ID, EOS_ID = 0, 1, 2, 3
 _BYTE_PIECE = re.compile(r"^<0x([0-9A-F]{2})>$")

@@ -17,11 +17,11 @@ from fastapi.responses import HTMLResponse, JSONResponse
 from fastapi.staticfiles import StaticFiles
 from starlette.exceptions import HTTPException
 
-from service.limits import BodyLimitMiddleware
-from service.metrics import Metrics, MetricsMiddleware
-from service.routes import STATIC, router
-from service.settings import Settings, get_settings
-from service.state import ModelService
+from gatesum.service.limits import BodyLimitMiddleware
+from gatesum.service.metrics import Metrics, MetricsMiddleware
+from gatesum.service.routes import STATIC, router
+from gatesum.service.settings import Settings, get_settings
+from gatesum.service.state import ModelService
 
 log = logging.getLogger("gatesum.service")
 DOCS_ASSETS = Path(fastapi_offline.__file__).parent / "static"  # Swagger UI 5, shipped by the package

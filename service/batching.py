@@ -17,7 +17,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
-from service.metrics import Metrics
+from gatesum.service.metrics import Metrics
 
 # run_batch(texts, key) -> one result per text, in order; key is the group's generation setting
 BatchFunction = Callable[[list[str], Any], list[Any]]

@@ -7,8 +7,8 @@ from typing import Any
 
 import torch
 
-from model.bundle import Bundle
-from model.pipeline import Summary
+from gatesum.model.bundle import Bundle
+from gatesum.model.pipeline import Summary
 
 DIGITS = 4
 

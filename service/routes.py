@@ -9,10 +9,10 @@ from fastapi import APIRouter, HTTPException, Response
 from fastapi.responses import FileResponse, JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from model.pipeline import Summary
-from service.batching import QueueFull
-from service.explain import explanation
-from service.schemas import (
+from gatesum.model.pipeline import Summary
+from gatesum.service.batching import QueueFull
+from gatesum.service.explain import explanation
+from gatesum.service.schemas import (
     BatchRequest,
     BatchResponse,
     ErrorResponse,
@@ -22,7 +22,7 @@ from service.schemas import (
     SummarizeRequest,
     SummaryResponse,
 )
-from service.state import ModelService, ReadyService, Service
+from gatesum.service.state import ModelService, ReadyService, Service
 
 STATIC = Path(__file__).parent / "static"
 ERRORS = {

@@ -10,7 +10,7 @@ from typing import Annotated, Any
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
 
-from service.settings import get_settings
+from gatesum.service.settings import get_settings
 
 _limits = get_settings()
 EXAMPLE_TEXT = (

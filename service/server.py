@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 import os
 
-from service.settings import Settings
+from gatesum.service.settings import Settings
 
 # flag -> the Settings field (and GATESUM_ variable) it sets
 FLAGS = {
@@ -86,7 +86,7 @@ def run(args: argparse.Namespace) -> int:
             os.environ[f"GATESUM_{field.upper()}"] = str(value)
     settings = Settings()  # flags and environment together, checked before uvicorn starts
     uvicorn.run(
-        "service.app:app",
+        "gatesum.service.app:app",
         host=args.host or settings.host,
         port=args.port or settings.port,
         workers=args.workers,

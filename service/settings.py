@@ -8,8 +8,7 @@ from pathlib import Path
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
-BUNDLED_MODEL = REPO_ROOT / "pretrained" / "cnndm-lstm-small"
+from gatesum.model.bundle import BUNDLED_MODEL
 
 
 class Settings(BaseSettings):

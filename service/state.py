@@ -11,15 +11,15 @@ from typing import Annotated
 import torch
 from fastapi import Depends, HTTPException, Request
 
-from model.bundle import Bundle, load_bundle
-from model.errors import GatesumError
-from model.kernels import lstm_ops
-from model.pipeline import Summary, summarize_texts
-from model.search import GenerationConfig
-from service.batching import MicroBatcher
-from service.metrics import Metrics
-from service.schemas import GenerationOptions
-from service.settings import Settings
+from gatesum.model.bundle import Bundle, load_bundle
+from gatesum.model.errors import GatesumError
+from gatesum.model.kernels import lstm_ops
+from gatesum.model.pipeline import Summary, summarize_texts
+from gatesum.model.search import GenerationConfig
+from gatesum.service.batching import MicroBatcher
+from gatesum.service.metrics import Metrics
+from gatesum.service.schemas import GenerationOptions
+from gatesum.service.settings import Settings
 
 log = logging.getLogger("gatesum.service")
 # a micro-batch group: GenerationConfig as a tuple (hashable) and whether to explain

@@ -1,7 +1,7 @@
 """A tiny, untrained model bundle in seconds: for tests, the benchmark and the container check
 when no trained model is at hand (its summaries are gibberish, its shapes are real).
 
-    python -m service.tiny DIR
+    python -m gatesum.service.tiny DIR
 """
 
 from __future__ import annotations
@@ -13,11 +13,11 @@ from pathlib import Path
 
 import torch
 
-from model.bundle import save_bundle
-from model.config import ModelConfig
-from model.summarizer import Summarizer
-from model.text import NormalizerConfig
-from model.tokenizer import Tokenizer
+from gatesum.model.bundle import save_bundle
+from gatesum.model.config import ModelConfig
+from gatesum.model.summarizer import Summarizer
+from gatesum.model.text import NormalizerConfig
+from gatesum.model.tokenizer import Tokenizer
 
 TOPICS = (
     "the council voted to build a new bridge across river city mayor said construction will begin "
@@ -47,5 +47,5 @@ def build_tiny_bundle(directory: Path, source_max_tokens: int = 64, seed: int = 
 
 if __name__ == "__main__":
     if len(sys.argv) != 2:
-        sys.exit("usage: python -m service.tiny DIR")
+        sys.exit("usage: python -m gatesum.service.tiny DIR")
     print(build_tiny_bundle(Path(sys.argv[1])))

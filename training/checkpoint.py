@@ -16,8 +16,8 @@ from typing import Any
 
 import torch
 
-from model.bundle import WEIGHTS_FILE, load_weights, recover_directory, write_atomically
-from model.errors import GatesumError
+from gatesum.model.bundle import WEIGHTS_FILE, load_weights, recover_directory, write_atomically
+from gatesum.model.errors import GatesumError
 
 STATE_FILE = "trainer_state.pt"
 

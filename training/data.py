@@ -13,6 +13,7 @@ from __future__ import annotations
 import glob
 import hashlib
 import json
+import os
 import random
 from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, field
@@ -23,10 +24,13 @@ import datasets
 import torch
 from torch.nn.utils.rnn import pad_sequence
 
-from model.errors import GatesumError
-from model.text import NormalizerConfig, normalize
-from model.tokenizer import BOS_ID, EOS_ID, PAD_ID, Tokenizer
+from gatesum.model.errors import GatesumError
+from gatesum.model.text import NormalizerConfig, normalize
+from gatesum.model.tokenizer import BOS_ID, EOS_ID, PAD_ID, Tokenizer
 
+# Where the shared datasets live (cnndm/, long/): $GATESUM_DATA, else ../shared/data beside the
+# directory the command runs in (the layout of a checkout next to its shared data).
+DATA_DIR = Path(os.environ.get("GATESUM_DATA", Path("..") / "shared" / "data"))
 _TOKENIZE_VERSION = 1  # bump when tokenize_pairs' output changes, to invalidate old caches
 _BUILDERS = {".jsonl": "json", ".json": "json", ".csv": "csv", ".parquet": "parquet"}
 _COMPRESSIONS = (".gz", ".bz2", ".xz", ".zst")

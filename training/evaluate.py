@@ -38,13 +38,18 @@ import datasets
 import torch
 from tqdm import tqdm
 
-from model.bundle import Bundle, write_atomically
-from model.pipeline import Summary, source_max_tokens, summarize_texts
-from model.search import GenerationConfig
-from model.text import normalize
-from training.data import DataConfig, load_pairs
-from training.rouge import METRICS, aggregate, lead, rouge_per_document
-from training.summarize import add_generation_arguments, add_model_arguments, generation_config, load_model
+from gatesum.model.bundle import Bundle, write_atomically
+from gatesum.model.pipeline import Summary, source_max_tokens, summarize_texts
+from gatesum.model.search import GenerationConfig
+from gatesum.model.text import normalize
+from gatesum.training.data import DataConfig, load_pairs
+from gatesum.training.rouge import METRICS, aggregate, lead, rouge_per_document
+from gatesum.training.summarize import (
+    add_generation_arguments,
+    add_model_arguments,
+    generation_config,
+    load_model,
+)
 
 # (label, fewest words, most words) of the article, normalized; None: no upper bound
 BUCKETS = (("≤400", 0, 400), ("401–800", 401, 800), (">800", 801, None))

@@ -14,8 +14,8 @@ from pathlib import Path
 
 import torch
 
-from model.bundle import load_bundle, save_bundle
-from model.errors import GatesumError
+from gatesum.model.bundle import load_bundle, save_bundle
+from gatesum.model.errors import GatesumError
 
 DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32}
 

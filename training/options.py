@@ -12,9 +12,9 @@ from typing import Any
 
 import tomllib
 
-from model.config import ModelConfig
-from model.errors import GatesumError
-from training.data import DataConfig
+from gatesum.model.config import ModelConfig
+from gatesum.model.errors import GatesumError
+from gatesum.training.data import DataConfig
 
 
 def option(default: Any, help: str, **kwargs: Any) -> Any:

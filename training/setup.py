@@ -7,10 +7,10 @@ from pathlib import Path
 import datasets
 import torch.distributed as dist
 
-from model.errors import GatesumError
-from model.text import NormalizerConfig
-from model.tokenizer import Tokenizer
-from training.data import DataConfig, iter_texts_for_tokenizer, load_pairs
+from gatesum.model.errors import GatesumError
+from gatesum.model.text import NormalizerConfig
+from gatesum.model.tokenizer import Tokenizer
+from gatesum.training.data import DataConfig, iter_texts_for_tokenizer, load_pairs
 
 
 def validation_pairs(

@@ -34,12 +34,11 @@ from typing import IO, Any
 import torch
 from tqdm import tqdm
 
-from model.bundle import Bundle, load_bundle
-from model.errors import GatesumError
-from model.pipeline import Summary, summarize_texts
-from model.search import GenerationConfig
+from gatesum.model.bundle import BUNDLED_MODEL, Bundle, load_bundle
+from gatesum.model.errors import GatesumError
+from gatesum.model.pipeline import Summary, summarize_texts
+from gatesum.model.search import GenerationConfig
 
-DEFAULT_MODEL = Path(__file__).resolve().parents[1] / "pretrained" / "cnndm-lstm-small"
 CHUNK_DOCUMENTS = 64  # documents per summarize_texts call: the unit of progress and of flushing
 STDIN = "<stdin>"
 
@@ -52,7 +51,7 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
         "--model",
         default=None,
         metavar="DIR",
-        help=f"model bundle directory (default: the bundled {DEFAULT_MODEL.name})",
+        help=f"model bundle directory (default: the bundled {BUNDLED_MODEL.name})",
     )
     parser.add_argument(
         "--device", default="auto", help="auto (CUDA, then MPS, then CPU), cpu, cuda, cuda:N or mps"
@@ -129,9 +128,9 @@ def resolve_device(name: str) -> torch.device:
 
 def load_model(args: argparse.Namespace) -> Bundle:
     """The bundle of --model (default: the bundled model), on --device."""
-    if args.model is None and not DEFAULT_MODEL.is_dir():
-        raise GatesumError(f"no --model given and the bundled model {DEFAULT_MODEL} is absent")
-    return load_bundle(args.model or DEFAULT_MODEL, resolve_device(args.device))
+    if args.model is None and not BUNDLED_MODEL.is_dir():
+        raise GatesumError(f"no --model given and the bundled model {BUNDLED_MODEL} is absent")
+    return load_bundle(args.model or BUNDLED_MODEL, resolve_device(args.device))
 
 
 # --- gatesum summarize ----------------------------------------------------------------------------

@@ -2,7 +2,7 @@
 
     gatesum train --config configs/cnndm-small.toml --max-minutes 120
     gatesum train --config configs/cnndm-small.toml --resume          # after a crash or a stop
-    torchrun --nproc-per-node 4 -m service.cli train --config configs/cnndm-base.toml
+    torchrun --nproc-per-node 4 -m gatesum train --config configs/cnndm-base.toml
 
 Writes into ``--output-dir``: ``checkpoint/`` (the latest bundle + trainer_state.pt, for
 --resume), ``best/`` (the bundle with the best validation score), ``metrics.jsonl`` (one JSON
@@ -24,19 +24,19 @@ import torch
 import torch.distributed as dist
 from tqdm import tqdm
 
-from model.bundle import TOKENIZER_FILE, WEIGHTS_FILE, load_weights, read_card, save_bundle
-from model.config import ModelConfig
-from model.errors import GatesumError
-from model.search import GenerationConfig
-from model.summarizer import Summarizer
-from model.text import NormalizerConfig, normalize
-from training import checkpoint
-from training.data import TokenBatchSampler, collate, load_pairs, tokenize_pairs
-from training.options import Options, load_options
-from training.options import add_arguments as add_option_arguments
-from training.plots import plot_curves
-from training.rouge import rouge
-from training.setup import prepare_tokenizer, validation_pairs
+from gatesum.model.bundle import TOKENIZER_FILE, WEIGHTS_FILE, load_weights, read_card, save_bundle
+from gatesum.model.config import ModelConfig
+from gatesum.model.errors import GatesumError
+from gatesum.model.search import GenerationConfig
+from gatesum.model.summarizer import Summarizer
+from gatesum.model.text import NormalizerConfig, normalize
+from gatesum.training import checkpoint
+from gatesum.training.data import TokenBatchSampler, collate, load_pairs, tokenize_pairs
+from gatesum.training.options import Options, load_options
+from gatesum.training.options import add_arguments as add_option_arguments
+from gatesum.training.plots import plot_curves
+from gatesum.training.rouge import rouge
+from gatesum.training.setup import prepare_tokenizer, validation_pairs
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

@@ -4,7 +4,7 @@ import pytest
 import torch
 from torch import nn
 
-from model.cells import GRUCell, LSTMCell, RNNCell
+from gatesum.model.cells import GRUCell, LSTMCell, RNNCell
 
 B, I, H = 5, 7, 11  # noqa: E741 (the equations' symbols)
 

@@ -3,8 +3,8 @@
 import pytest
 import torch
 
-from model.fused import lstm_recurrence
-from model.recurrent import Recurrent
+from gatesum.model.fused import lstm_recurrence
+from gatesum.model.recurrent import Recurrent
 
 
 def _recurrence_inputs(D: int, T: int, B: int, features: int, H: int) -> list[torch.Tensor]:

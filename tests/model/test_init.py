@@ -5,10 +5,10 @@ import math
 import pytest
 import torch
 
-from model.cells import GRUCell, LSTMCell, RNNCell
-from model.init import apply_gate_init, chrono_init
-from model.memory import memory_trace
-from model.recurrent import Recurrent
+from gatesum.model.cells import GRUCell, LSTMCell, RNNCell
+from gatesum.model.init import apply_gate_init, chrono_init
+from gatesum.model.memory import memory_trace
+from gatesum.model.recurrent import Recurrent
 
 H = 64
 

@@ -6,9 +6,9 @@ import logging
 import pytest
 import torch
 
-from model import fused, kernels
-from model.fused import lstm_inference, lstm_recurrence
-from model.recurrent import Recurrent
+from gatesum.model import fused, kernels
+from gatesum.model.fused import lstm_inference, lstm_recurrence
+from gatesum.model.recurrent import Recurrent
 
 needs_kernels = pytest.mark.skipif(not kernels.can_build(), reason="no C++ compiler or ninja here")
 
@@ -54,7 +54,7 @@ def test_a_failed_build_falls_back_with_one_warning(monkeypatch, caplog):
     monkeypatch.setattr(torch.utils.cpp_extension, "load", fail)
     kernels._build.cache_clear()
     try:
-        with caplog.at_level(logging.WARNING, logger="model.kernels"):
+        with caplog.at_level(logging.WARNING, logger="gatesum.model.kernels"):
             assert kernels.lstm_ops() is None
         assert "error: no compiler today" in caplog.text
         # the layer still runs, on torch ops

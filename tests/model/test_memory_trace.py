@@ -3,8 +3,8 @@
 import pytest
 import torch
 
-from model.memory import gate_retention, memory_trace, rnn_retention
-from model.recurrent import Recurrent
+from gatesum.model.memory import gate_retention, memory_trace, rnn_retention
+from gatesum.model.recurrent import Recurrent
 
 SATURATED = 50.0  # σ(50) rounds to 1 and σ(−50) ≈ 2e−22: a gate forced open or shut
 

@@ -5,7 +5,7 @@ import torch
 from torch import nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
-from model.recurrent import Recurrent, reverse_padded
+from gatesum.model.recurrent import Recurrent, reverse_padded
 
 TORCH = {"lstm": nn.LSTM, "gru": nn.GRU, "rnn": nn.RNN}
 LENGTHS = torch.tensor([9, 3, 1, 6])

@@ -2,8 +2,8 @@
 
 import torch
 
-from model.search import GenerationConfig, banned_ngram_tokens, beam_search, greedy_search
-from model.summarizer import Summarizer
+from gatesum.model.search import GenerationConfig, banned_ngram_tokens, beam_search, greedy_search
+from gatesum.model.summarizer import Summarizer
 from tests.model.test_summarizer import tiny_config
 
 BOS, EOS, PAD, V = 2, 3, 0, 12

@@ -3,9 +3,9 @@
 import pytest
 import torch
 
-from model.config import ModelConfig
-from model.search import GenerationConfig
-from model.summarizer import Summarizer
+from gatesum.model.config import ModelConfig
+from gatesum.model.search import GenerationConfig
+from gatesum.model.summarizer import Summarizer
 
 BOS, EOS, PAD = 2, 3, 0
 
@@ -179,7 +179,7 @@ def test_skipping_the_untrained_coverage_input_is_exact():
 
 def test_additive_attention_computes_bahdanaus_scores():
     """The sigmoid rewrite of v·tanh(W_h h + W_s s + w_c c) gives the textbook weights."""
-    from model.attention import Attention
+    from gatesum.model.attention import Attention
 
     torch.manual_seed(0)
     attention = Attention("mlp", query_size=6, memory_size=5, attention_size=4, coverage=True).double()

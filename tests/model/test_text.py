@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from model.text import NormalizerConfig, detokenize, normalize
+from gatesum.model.text import NormalizerConfig, detokenize, normalize
 
 SHARED_DATA = Path(__file__).resolve().parents[2].parent / "shared" / "data"
 ESCAPED = NormalizerConfig(ptb_escapes=True)
@@ -146,7 +146,7 @@ def test_detokenized_cased_text_reads_like_the_original() -> None:
 
 
 def test_source_casing_restores_names_the_source_writes_cased():
-    from model.text import source_casing
+    from gatesum.model.text import source_casing
 
     raw = "The Space Agency said on Monday it was in orbit. It watches the Atlantic. The ICC agreed."
     casing = source_casing(raw)

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from model.errors import GatesumError
-from model.tokenizer import BOS_ID, EOS_ID, PAD_ID, UNK_ID, Tokenizer
+from gatesum.model.errors import GatesumError
+from gatesum.model.tokenizer import BOS_ID, EOS_ID, PAD_ID, UNK_ID, Tokenizer
 
 WORDS = ["the", "a", "police", "said", "president", "government", "people", "year", "new", "first", "two",
          "would", "could", "after", "over", "world", "time", "man", "woman", "city", "officials", "told",

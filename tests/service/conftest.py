@@ -13,9 +13,9 @@ import pytest
 import uvicorn
 from fastapi.testclient import TestClient
 
-from service.app import create_app
-from service.settings import Settings
-from service.tiny import build_tiny_bundle
+from gatesum.service.app import create_app
+from gatesum.service.settings import Settings
+from gatesum.service.tiny import build_tiny_bundle
 
 SOURCE_MAX_TOKENS = 200
 ARTICLE = (

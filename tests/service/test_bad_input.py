@@ -42,7 +42,7 @@ INVALID = [
 
 @pytest.fixture(scope="module")
 def shared_client(tiny_bundle) -> Iterator[TestClient]:
-    from service.app import create_app
+    from gatesum.service.app import create_app
     from tests.service.conftest import make_settings
 
     with TestClient(create_app(make_settings(tiny_bundle))) as client:

@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 from fastapi.testclient import TestClient
 
-from service.app import create_app
-from service.batching import MicroBatcher, QueueFull
+from gatesum.service.app import create_app
+from gatesum.service.batching import MicroBatcher, QueueFull
 from tests.service.conftest import ARTICLE, make_settings
 
 

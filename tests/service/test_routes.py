@@ -7,8 +7,8 @@ from pathlib import Path
 
 from fastapi.testclient import TestClient
 
-from service import state
-from service.app import create_app
+from gatesum.service import state
+from gatesum.service.app import create_app
 from tests.service.conftest import ARTICLE, SOURCE_MAX_TOKENS, make_settings
 
 

@@ -12,10 +12,10 @@ import pytest
 import torch
 from torch.utils.data import DataLoader
 
-from model.errors import GatesumError
-from model.text import NormalizerConfig, normalize
-from model.tokenizer import BOS_ID, EOS_ID, PAD_ID, Tokenizer
-from training.data import (
+from gatesum.model.errors import GatesumError
+from gatesum.model.text import NormalizerConfig, normalize
+from gatesum.model.tokenizer import BOS_ID, EOS_ID, PAD_ID, Tokenizer
+from gatesum.training.data import (
     Batch,
     DataConfig,
     TokenBatchSampler,

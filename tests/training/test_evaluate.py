@@ -8,11 +8,11 @@ from pathlib import Path
 
 import pytest
 
-from model.bundle import load_bundle
-from model.text import normalize
-from tests.training.conftest import SOURCE_MAX_TOKENS, make_rows, write_jsonl
-from training import summarize
-from training.rouge import aggregate, rouge_per_document
+from gatesum.model.bundle import load_bundle
+from gatesum.model.text import normalize
+from gatesum.training import summarize
+from gatesum.training.rouge import aggregate, rouge_per_document
+from tests.conftest import SOURCE_MAX_TOKENS, make_rows, write_jsonl
 
 SENTENCES = [5, 3, 60, 45, 100, 90]  # 50, 30, 600, 450, 1000 and 900 words: two per length bucket
 
@@ -176,7 +176,7 @@ def test_bad_input_is_one_error_line_and_exit_2(
 def test_absent_default_model_is_a_clear_error(
     gatesum, data_file: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(summarize, "DEFAULT_MODEL", tmp_path / "pretrained" / "cnndm-lstm-small")
+    monkeypatch.setattr(summarize, "BUNDLED_MODEL", tmp_path / "pretrained" / "cnndm-lstm-small")
     result = gatesum("eval", "--data-files", data_file, "--output-dir", tmp_path / "out")
     assert result.code == 2
     default = tmp_path / "pretrained" / "cnndm-lstm-small"

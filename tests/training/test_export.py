@@ -2,9 +2,9 @@
 
 import json
 
-from model.bundle import load_bundle
-from model.pipeline import summarize_texts
-from model.search import GenerationConfig
+from gatesum.model.bundle import load_bundle
+from gatesum.model.pipeline import summarize_texts
+from gatesum.model.search import GenerationConfig
 
 
 def test_export_halves_the_weights_and_keeps_the_summaries(tiny_bundle, tmp_path, gatesum):

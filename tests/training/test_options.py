@@ -4,8 +4,8 @@ import argparse
 
 import pytest
 
-from model.errors import GatesumError
-from training.options import add_arguments, load_options
+from gatesum.model.errors import GatesumError
+from gatesum.training.options import add_arguments, load_options
 
 
 def parse(*argv: str):

@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.training.conftest import make_rows, write_jsonl
-from training import summarize
+from gatesum.training import summarize
+from tests.conftest import make_rows, write_jsonl
 
 FAST = ("--beam-size", "1", "--max-length", "6")
 

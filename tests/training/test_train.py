@@ -15,8 +15,8 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from model.bundle import load_bundle
-from service.cli import main
+from gatesum.cli import main
+from gatesum.model.bundle import load_bundle
 
 REPO = Path(__file__).resolve().parents[2]
 WORDS = (
@@ -132,7 +132,7 @@ def test_train_save_resume_evaluate_summarize(tmp_path):
 
 def _run_to_completion(arguments: list[str]) -> None:
     subprocess.run(
-        [sys.executable, "-m", "service.cli", *arguments],
+        [sys.executable, "-m", "gatesum", *arguments],
         cwd=REPO,
         check=True,
         capture_output=True,
@@ -149,7 +149,7 @@ def test_resume_after_kill_reaches_the_same_weights(tmp_path):
 
     killed = tmp_path / "killed"
     process = subprocess.Popen(
-        [sys.executable, "-m", "service.cli", *train_arguments(data, killed, steps)],
+        [sys.executable, "-m", "gatesum", *train_arguments(data, killed, steps)],
         cwd=REPO,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
@@ -183,7 +183,7 @@ def test_two_gloo_processes_train_in_step(tmp_path):
     data = write_pairs(tmp_path / "pairs.jsonl", 60)
     output = tmp_path / "ddp"
     command = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--standalone",
-               "-m", "service.cli", *train_arguments(data, output, 6)]  # fmt: skip
+               "-m", "gatesum", *train_arguments(data, output, 6)]  # fmt: skip
     result = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=600,
                             env={**os.environ, "TQDM_DISABLE": "1"})  # fmt: skip
     assert result.returncode == 0, result.stderr[-2000:]

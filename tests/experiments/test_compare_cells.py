@@ -5,10 +5,10 @@ import json
 
 import pytest
 
-from model.errors import GatesumError
-from service.cli import main
+from gatesum.cli import main
+from gatesum.experiments.compare_cells import add_arguments, run_options
+from gatesum.model.errors import GatesumError
 from tests.training.test_train import write_pairs
-from training.compare_cells import add_arguments, run_options
 
 CONFIG = """
 [model]

@@ -1,4 +1,4 @@
-"""Fixtures for the command-line tests: a tiny (untrained) model bundle, documents, a CLI runner."""
+"""Fixtures shared by every test folder: a tiny (untrained) model bundle, documents, a CLI runner."""
 
 from __future__ import annotations
 
@@ -12,12 +12,12 @@ from typing import NamedTuple
 import pytest
 import torch
 
-from model.bundle import save_bundle
-from model.config import ModelConfig
-from model.summarizer import Summarizer
-from model.text import NormalizerConfig
-from model.tokenizer import Tokenizer
-from service import cli
+from gatesum import cli
+from gatesum.model.bundle import save_bundle
+from gatesum.model.config import ModelConfig
+from gatesum.model.summarizer import Summarizer
+from gatesum.model.text import NormalizerConfig
+from gatesum.model.tokenizer import Tokenizer
 
 WORDS = ["police", "said", "president", "government", "people", "year", "new", "city", "court",
          "team", "won", "match", "storm", "hit", "coast", "report", "found", "school"]  # fmt: skip

@@ -22,14 +22,14 @@ import json
 from pathlib import Path
 from typing import Any
 
-from model.bundle import load_bundle, write_atomically
-from model.errors import GatesumError
-from model.search import GenerationConfig
-from training.data import DataConfig, load_pairs
-from training.evaluate import BUCKETS, evaluate
-from training.options import Options, load_options
-from training.plots import plot_compare
-from training.train import Trainer
+from gatesum.experiments.plots import plot_compare
+from gatesum.model.bundle import load_bundle, write_atomically
+from gatesum.model.errors import GatesumError
+from gatesum.model.search import GenerationConfig
+from gatesum.training.data import DataConfig, load_pairs
+from gatesum.training.evaluate import BUCKETS, evaluate
+from gatesum.training.options import Options, load_options
+from gatesum.training.train import Trainer
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

@@ -5,8 +5,8 @@ import json
 import pytest
 import torch
 
-from service.cli import main
-from training.memory import (
+from gatesum.cli import main
+from gatesum.experiments.memory import (
     QUICK,
     MemoryConfig,
     markdown_report,

@@ -42,11 +42,11 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from model.errors import GatesumError
-from model.init import apply_gate_init
-from model.recurrent import Recurrent
+from gatesum.model.errors import GatesumError
+from gatesum.model.init import apply_gate_init
+from gatesum.model.recurrent import Recurrent
+from gatesum.training.data import DATA_DIR
 
-DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 Filler = Callable[[int, int, torch.Generator], Tensor]  # (batch, length, generator) -> (B, L) ids
 
 
@@ -432,7 +432,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--data",
         type=Path,
         default=None,
-        help=f"data folder with cnndm/ for real-text filler (default {DEFAULT_DATA})",
+        help=f"data folder with cnndm/ for real-text filler (default {DATA_DIR})",
     )
     parser.add_argument("--synthetic", action="store_true", help="random filler tokens instead of real text")
     parser.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
@@ -455,7 +455,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     trace.add_argument("--input", type=Path, required=True, help="a plain-text document")
     trace.add_argument("--output", type=Path, required=True, help="PNG to write")
     compare = actions.add_parser("compare", help="rnn/gru/lstm encoders on real summaries, attention on/off")
-    from training import compare_cells
+    from gatesum.experiments import compare_cells
 
     compare_cells.add_arguments(compare)
 
@@ -469,8 +469,8 @@ def config_from_args(args: argparse.Namespace) -> MemoryConfig:
 
 
 def choose_filler(args: argparse.Namespace, config: MemoryConfig) -> tuple[FillerSpec, str]:
-    """Real text from ``--data`` (or ../shared/data when present), else random tokens."""
-    data = args.data or DEFAULT_DATA
+    """Real text from ``--data`` (or ``DATA_DIR`` when it holds cnndm/), else random tokens."""
+    data = args.data or DATA_DIR
     if args.synthetic or (args.data is None and not (data / "cnndm").exists()):
         return ("synthetic", config.filler_vocab), "random tokens"
     spec = ("text", str(data), config.filler_vocab)
@@ -480,8 +480,8 @@ def choose_filler(args: argparse.Namespace, config: MemoryConfig) -> tuple[Fille
 
 def run_trace(args: argparse.Namespace) -> int:
     """Draw a bundle's memory trace over the document in ``--input``."""
-    from model.bundle import load_bundle
-    from model.pipeline import encode_sources, source_memory_trace
+    from gatesum.model.bundle import load_bundle
+    from gatesum.model.pipeline import encode_sources, source_memory_trace
 
     bundle = load_bundle(args.model)
     try:
@@ -506,7 +506,7 @@ def run(args: argparse.Namespace) -> int:
     if getattr(args, "action", None) == "trace":
         return run_trace(args)
     if getattr(args, "action", None) == "compare":
-        from training import compare_cells
+        from gatesum.experiments import compare_cells
 
         return compare_cells.run(args)
     config = config_from_args(args)

@@ -1,0 +1,40 @@
+"""Plots of the experiments: ``gatesum memory compare``'s ROUGE by source length."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")  # files only, no display
+import matplotlib.pyplot as plt
+
+
+def plot_compare(runs: list[dict], png_path: Path) -> None:
+    """``gatesum memory compare``'s runs: ROUGE-Lsum by source length, one line per encoder cell
+    and attention setting (solid: attention on, dashed: off), with Lead-3 in grey; the right
+    panel subtracts Lead-3, which takes out how hard each length bucket is in itself."""
+    figure, (score_axis, gap_axis) = plt.subplots(1, 2, figsize=(12, 4.4))
+    colors = {"rnn": "tab:red", "gru": "tab:blue", "lstm": "tab:green"}
+    for run in runs:
+        buckets = [b for b in run["by_source_words"] if b["model"] is not None]
+        labels = [b["bucket"] for b in buckets]
+        style = "--" if run["attention"] == "none" else "-"
+        name = f"{run['cell']}, attention {'off' if run['attention'] == 'none' else 'on'}"
+        line = {"marker": "o", "color": colors.get(run["cell"]), "label": name}
+        score_axis.plot(labels, [b["model"]["rougeLsum"] for b in buckets], style, **line)
+        gaps = [b["model"]["rougeLsum"] - b["lead3"]["rougeLsum"] for b in buckets]
+        gap_axis.plot(labels, gaps, style, **line)
+    if runs:
+        buckets = [b for b in runs[0]["by_source_words"] if b["lead3"] is not None]
+        score_axis.plot([b["bucket"] for b in buckets], [b["lead3"]["rougeLsum"] for b in buckets], ":",
+                        marker="s", color="grey", label="Lead-3")  # fmt: skip
+    gap_axis.axhline(0, color="grey", lw=0.8)
+    score_axis.set(xlabel="source length (words)", ylabel="ROUGE-Lsum F1 ×100",
+                   title="Encoder cells, same training time")  # fmt: skip
+    gap_axis.set(xlabel="source length (words)", ylabel="ROUGE-Lsum − Lead-3",
+                 title="Against Lead-3 on the same documents")  # fmt: skip
+    score_axis.legend(fontsize=8)
+    figure.tight_layout()
+    figure.savefig(png_path, dpi=110)
+    plt.close(figure)
