@@ -7,7 +7,9 @@ runs the generic ``scan`` under autograd. Why it is faster than autograd over ``
   takes one direction, whose weights then stay in its core's cache;
 * no masking in the loop. Padding is always at the end of a sequence (``reverse_padded`` keeps
   it there for the backward direction), so steps past a sequence's end only change values at
-  padded positions: the caller zeroes those outputs and reads the final state at ``length − 1``;
+  padded positions: the caller (``Recurrent``) zeroes the padded inputs beforehand and selects
+  the outputs afterwards (``torch.where``, never a multiplied mask, so nothing the padding held
+  can turn into NaN), and reads the final state at ``length − 1``;
 * forward writes every step into preallocated buffers and records no graph; backward walks the
   steps in reverse with the LSTM derivatives written out, and computes the gradient of U = W_hh
   as ONE matmul over all steps at the end instead of a small one per step;

@@ -18,6 +18,7 @@ import logging
 import os
 import shutil
 import sysconfig
+import time
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +27,7 @@ import torch
 log = logging.getLogger(__name__)
 
 SOURCE = Path(__file__).with_name("csrc") / "lstm.cpp"
+STALE_LOCK_S = 300.0  # a build takes ~12 s; a lock this old was left by a killed build
 _FLAGS = {
     "AVX512": ["-mavx512f", "-mavx512dq", "-mavx512vl", "-mavx2", "-mfma"],
     "AVX2": ["-mavx2", "-mfma"],
@@ -55,11 +57,15 @@ def _build() -> Any | None:
         os.environ["PATH"] = os.path.dirname(ninja) + os.pathsep + os.environ.get("PATH", "")
     capability = torch.backends.cpu.get_cpu_capability()
     flags = _FLAGS.get(capability, [])
+    name = f"gatesum_lstm_{capability.lower()}"
     try:
         from torch.utils import cpp_extension
 
+        _remove_stale_lock(
+            Path(os.environ.get("TORCH_EXTENSIONS_DIR") or cpp_extension.get_default_build_root()) / name
+        )
         cpp_extension.load(
-            name=f"gatesum_lstm_{capability.lower()}",
+            name=name,
             sources=[str(SOURCE)],
             # -ffast-math lets GCC call glibc's vector exp in the loops (linked from libmvec);
             # -fopenmp makes at::parallel_for use torch's OpenMP threads (its libgomp, already loaded)
@@ -74,6 +80,20 @@ def _build() -> Any | None:
         )
         return None
     return torch.ops.gatesum
+
+
+def _remove_stale_lock(build_directory: Path) -> None:
+    """Remove a build lock left by a process killed mid-build. torch waits on that file forever
+    (a test run or a server start then hangs without a word); a build takes seconds, so a lock
+    older than ``STALE_LOCK_S`` belongs to no one."""
+    lock = build_directory / "lock"
+    try:
+        age = time.time() - lock.stat().st_mtime
+    except FileNotFoundError:
+        return
+    if age > STALE_LOCK_S:
+        log.warning("removing a stale build lock (%.0f s old) left by an interrupted build: %s", age, lock)
+        lock.unlink(missing_ok=True)
 
 
 def _first_error(error: Exception) -> str:

@@ -57,7 +57,7 @@ def gate_retention(kind: str, gates: dict[str, Tensor], lengths: Tensor | None =
     after = torch.cat([suffix[:, 1:], suffix.new_zeros(B, 1, H)], 1)  # (B, T, H)
     retention = torch.exp(after)
     if mask is not None:
-        retention = retention * mask.to(retention.dtype)
+        retention = torch.where(mask, retention, 0.0)  # selection: 0 · NaN would be NaN
     return retention if per_unit else retention.mean(-1)
 
 

@@ -9,7 +9,11 @@ Speed comes from three choices:
 * each step is one matmul plus the cell's fused pointwise work.
 
 Padding never leaks: a padded step leaves the state unchanged, the backward direction starts
-at each sequence's own last token, and outputs at padded positions are zero.
+at each sequence's own last token, and outputs at padded positions are zero. Padding is masked
+by selection (``torch.where``), never by multiplication: 0 · inf and 0 · NaN are NaN, so a
+multiplied mask lets whatever the padding holds reach the outputs and, through backward, every
+gradient. The input at padded positions is replaced by zeros before any cell sees it, so no
+path (generic, fused, compiled; training or inference) computes on padding values at all.
 
 Plain LSTM layers (no peepholes, no gates asked for) take a faster path, ``model.fused``: both
 directions in one loop, a hand-written backward, and on CPU float32 the loops compiled from our
@@ -58,17 +62,17 @@ def _batch_first(hs: Tensor, lengths: Tensor | None, mask: Tensor | None) -> Ten
     outputs = [hs[0].transpose(0, 1)]  # (B, T, H)
     if D == 2:
         outputs.append(reverse_padded(hs[1].transpose(0, 1), lengths))
-    mask = mask.unsqueeze(-1).to(hs.dtype) if mask is not None else None  # (B, T, 1)
+    mask = mask.unsqueeze(-1) if mask is not None else None  # (B, T, 1) bool
     if torch.is_grad_enabled() and hs.requires_grad:
         joined = outputs[0] if D == 1 else torch.cat(outputs, -1)
-        return joined * mask if mask is not None else joined.contiguous()
+        return torch.where(mask, joined, 0.0) if mask is not None else joined.contiguous()
     joined = hs.new_empty(B, T, D * H)
     for direction, output in enumerate(outputs):
         part = joined[..., direction * H : (direction + 1) * H]
         if mask is None:
             part.copy_(output)
         else:
-            torch.mul(output, mask, out=part)
+            torch.where(mask, output, output.new_zeros(()), out=part)
     return joined
 
 
@@ -95,7 +99,7 @@ def scan(cell: nn.Module, x: Tensor, state: State, mask: Tensor | None, return_g
             gate_steps.append(gates)
     output = torch.stack(outputs, 1)  # (B, T, H)
     if mask is not None:
-        output = output * mask.unsqueeze(-1).to(output.dtype)
+        output = torch.where(mask.unsqueeze(-1), output, 0.0)
     stacked = None
     if return_gates:
         stacked = {name: torch.stack([g[name] for g in gate_steps], 1) for name in gate_steps[0]}
@@ -139,6 +143,8 @@ class Recurrent(nn.Module):
         each name -> (B, T, H), in the direction's own reading order) when ``return_gates``."""
         B, T, _ = x.shape
         mask = padding_mask(lengths.to(x.device), T) if lengths is not None else None
+        if mask is not None:  # no cell ever computes on padding (inf or NaN there would leak)
+            x = torch.where(mask.unsqueeze(-1), x, 0.0)
         initial = self._split_state(state)
         finals, all_gates = [], []
         layer_input = x

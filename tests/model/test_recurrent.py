@@ -43,20 +43,51 @@ def test_matches_torch_without_lengths_and_with_initial_state(kind):
     torch.testing.assert_close(got_out, want_out, atol=1e-5, rtol=0)
 
 
+FILLS = [100.0, 1e30, float("inf"), float("nan")]
+
+
+@pytest.fixture(params=["compiled", "torch-ops"])
+def loops(request, monkeypatch, compiled_kernels):
+    """Both paths of the fused LSTM: our compiled C++ loops and the same algorithm in torch ops."""
+    if request.param == "compiled":
+        compiled_kernels()  # fails where they cannot be built (skips only under GATESUM_KERNELS=off)
+    else:
+        monkeypatch.setenv("GATESUM_KERNELS", "off")
+    return request.param
+
+
+@pytest.mark.parametrize("fill", FILLS, ids=["100", "1e30", "inf", "nan"])
+@pytest.mark.parametrize("training", [False, True], ids=["inference", "training"])
+@pytest.mark.parametrize("num_layers", [1, 2])
+@pytest.mark.parametrize("bidirectional", [False, True], ids=["uni", "bi"])
 @pytest.mark.parametrize("kind", ["lstm", "gru", "rnn"])
-def test_padded_batch_equals_each_sequence_alone(kind):
+def test_padding_never_leaks(kind, bidirectional, num_layers, training, fill, loops):
+    """Whatever the padding holds (huge, inf, NaN): real positions equal each sequence run alone,
+    padded outputs are exactly 0, and every gradient is finite."""
     torch.manual_seed(2)
-    layer = Recurrent(kind, 5, 6, num_layers=2, bidirectional=True).eval()
+    layer = Recurrent(kind, 5, 6, num_layers=num_layers, bidirectional=bidirectional).eval()
     x = torch.randn(4, 9, 5)
-    x[1, 3:] = 100.0  # garbage in the padding must not matter
-    batch_out, batch_state = layer(x, LENGTHS)
     for b, length in enumerate(LENGTHS.tolist()):
-        alone_out, alone_state = layer(x[b : b + 1, :length])
+        x[b, length:] = fill
+    x.requires_grad_(training)
+    with torch.set_grad_enabled(training):
+        batch_out, batch_state = layer(x, LENGTHS)
+    assert torch.all(batch_out[:, :].isfinite())
+    for b, length in enumerate(LENGTHS.tolist()):
+        with torch.no_grad():
+            alone_out, alone_state = layer(x[b : b + 1, :length].detach())
         torch.testing.assert_close(batch_out[b, :length], alone_out[0], atol=1e-6, rtol=0)
         assert torch.all(batch_out[b, length:] == 0)
         h_batch = batch_state[0] if kind == "lstm" else batch_state
         h_alone = alone_state[0] if kind == "lstm" else alone_state
         torch.testing.assert_close(h_batch[:, b], h_alone[:, 0], atol=1e-6, rtol=0)
+    if training:
+        h_n = batch_state[0] if kind == "lstm" else batch_state
+        (batch_out.sum() + h_n.sum()).backward()
+        assert torch.isfinite(x.grad).all()
+        assert torch.all(x.grad[1, 3:] == 0)  # padding gets no gradient either
+        for name, parameter in layer.named_parameters():
+            assert parameter.grad is not None and torch.isfinite(parameter.grad).all(), name
 
 
 def test_gates_are_returned_per_step():
