@@ -16,6 +16,7 @@ the Hadamard (element-wise) product.
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -59,13 +60,18 @@ class _Cell(nn.Module):
         """The part of the state that is the cell's output h_t."""
         return state
 
-    def forward(self, x: Tensor, state=None, return_gates: bool = False):
-        """One step on x (B, I); ``state`` defaults to zeros. Returns the new state
-        (and a dict of gate activations, each (B, H), when ``return_gates``)."""
+    def forward(self, x: Tensor, state=None):
+        """One step on x (B, I); ``state`` defaults to zeros. Returns the new state, as torch's
+        cells do: h (B, H), or (h, C) for the LSTM."""
+        return self.with_gates(x, state)[0]
+
+    def with_gates(self, x: Tensor, state=None) -> tuple[Any, dict[str, Tensor]]:
+        """One step on x (B, I), as ``forward``: the new state and the gate activations (name ->
+        (B, H)) that made it."""
         if state is None:
             state = self.initial_state(x.shape[0], x)
-        new_state, gates = self.step(self.input_projection(x), state, return_gates)
-        return (new_state, gates) if return_gates else new_state
+        new_state, gates = self.step(self.input_projection(x), state, return_gates=True)
+        return new_state, gates
 
 
 class RNNCell(_Cell):

@@ -61,8 +61,12 @@ class Encoder(nn.Module):
 
     def forward(self, source: Tensor, source_lengths: Tensor, return_gates: bool = False) -> EncoderOutput:
         embedded = self.dropout(self.embedding(source))  # (B, S, E)
-        result = self.recurrent(embedded, source_lengths, return_gates=return_gates)
-        outputs, state = result[0], result[1]  # (B, S, D·H), (L·D, B, H) or a pair of them
+        if return_gates:
+            result = self.recurrent.forward_with_gates(embedded, source_lengths)
+            outputs, state, gates = result.outputs, result.state, result.gates
+        else:
+            outputs, state = self.recurrent(embedded, source_lengths)  # (B, S, D·H), (L·D, B, H) or a pair
+            gates = None
         hidden, cell = state if isinstance(state, tuple) else (state, None)
         directions = self.recurrent.num_directions
 
@@ -75,7 +79,7 @@ class Encoder(nn.Module):
             source=source,
             final_hidden=top_layer(hidden),
             final_cell=top_layer(cell) if cell is not None else None,
-            gates=result[2] if return_gates else None,
+            gates=gates,
         )
 
 

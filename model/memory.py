@@ -145,6 +145,6 @@ def memory_trace(encoder: Recurrent, inputs: Tensor, lengths: Tensor | None = No
             layer_input = reverse_padded(layer_input, lengths)
         retention = rnn_retention(encoder.cells[index], layer_input, lengths, per_unit, probes)
     else:
-        _, _, gates = encoder(inputs, lengths, return_gates=True)
+        gates = encoder.forward_with_gates(inputs, lengths).gates
         retention = gate_retention(encoder.cell_kind, gates[index], lengths, per_unit)
     return reverse_padded(retention, lengths) if direction else retention

@@ -22,6 +22,8 @@ C++ (``model/csrc/lstm.cpp``). Set ``fused = False`` on a layer to force the gen
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -30,6 +32,15 @@ from gatesum.model.cells import CELLS
 from gatesum.model.fused import lstm_inference, lstm_recurrence
 
 State = Tensor | tuple[Tensor, Tensor]  # h_n, or (h_n, c_n) for LSTM; each (L·D, B, H)
+
+
+@dataclass
+class RecurrentOutput:
+    """What ``Recurrent.forward_with_gates`` returns."""
+
+    outputs: Tensor  # (B, T, D·H), zero at padded positions
+    state: State  # the final state, ordered like torch: index layer·D + direction
+    gates: list[dict[str, Tensor]]  # per layer·direction: name -> (B, T, H), in its reading order
 
 
 def reverse_padded(x: Tensor, lengths: Tensor | None) -> Tensor:
@@ -137,10 +148,24 @@ class Recurrent(nn.Module):
     def bidirectional(self) -> bool:
         return self.num_directions == 2
 
-    def forward(self, x: Tensor, lengths: Tensor | None = None, state: State | None = None,
-                return_gates: bool = False):  # fmt: skip
-        """Returns (outputs, final_state), plus a list of gate dicts (one per layer·direction,
-        each name -> (B, T, H), in the direction's own reading order) when ``return_gates``."""
+    def forward(
+        self, x: Tensor, lengths: Tensor | None = None, state: State | None = None
+    ) -> tuple[Tensor, State]:
+        """x (B, T, I), lengths (B,) or None, state or None -> (outputs (B, T, D·H), final state),
+        as torch's modules return them."""
+        result = self._run(x, lengths, state, return_gates=False)
+        return result.outputs, result.state
+
+    def forward_with_gates(
+        self, x: Tensor, lengths: Tensor | None = None, state: State | None = None
+    ) -> RecurrentOutput:
+        """As ``forward``, with every layer's and direction's gate activations over time (the
+        generic loop: the fused path keeps no gates)."""
+        return self._run(x, lengths, state, return_gates=True)
+
+    def _run(
+        self, x: Tensor, lengths: Tensor | None, state: State | None, return_gates: bool
+    ) -> RecurrentOutput:
         B, T, _ = x.shape
         mask = padding_mask(lengths.to(x.device), T) if lengths is not None else None
         if mask is not None:  # no cell ever computes on padding (inf or NaN there would leak)
@@ -165,12 +190,10 @@ class Recurrent(nn.Module):
                 output, final, gates = scan(cell, source, start, mask, return_gates)
                 outputs.append(reverse_padded(output, lengths) if reverse else output)
                 finals.append(final)
-                all_gates.append(gates)
+                if gates is not None:
+                    all_gates.append(gates)
             layer_input = outputs[0] if len(outputs) == 1 else torch.cat(outputs, -1)
-        final_state = self._join_state(finals)
-        if return_gates:
-            return layer_input, final_state, all_gates
-        return layer_input, final_state
+        return RecurrentOutput(layer_input, self._join_state(finals), all_gates)
 
     def _fused_layer(self, layer: int, x: Tensor, lengths: Tensor | None, mask: Tensor | None, initial):
         """One LSTM layer, all directions at once, through ``lstm_recurrence``.

@@ -66,7 +66,7 @@ def test_textbook_gru_against_hand_written_equations():
     z = _sigmoid(x @ W_z.T + h @ U_z.T + b_z)
     candidate = torch.tanh(x @ W_n.T + (r * h) @ U_n.T + b_n)
     expected = (1 - z) * h + z * candidate
-    got, gates = cell(x, h, return_gates=True)
+    got, gates = cell.with_gates(x, h)
     torch.testing.assert_close(got, expected, atol=1e-12, rtol=0)
     torch.testing.assert_close(gates["update"], z)
     torch.testing.assert_close(gates["reset"], r)
@@ -87,7 +87,7 @@ def test_peephole_lstm_against_hand_written_equations():
     c_new = f * c + i * torch.tanh(x @ W_c.T + h @ U_c.T + b_c)
     o = _sigmoid(x @ W_o.T + h @ U_o.T + p_o * c_new + b_o)
     h_new = o * torch.tanh(c_new)
-    (got_h, got_c), gates = cell(x, (h, c), return_gates=True)
+    (got_h, got_c), gates = cell.with_gates(x, (h, c))
     torch.testing.assert_close(got_c, c_new, atol=1e-12, rtol=0)
     torch.testing.assert_close(got_h, h_new, atol=1e-12, rtol=0)
     torch.testing.assert_close(gates["forget"], f)

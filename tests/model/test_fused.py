@@ -83,5 +83,5 @@ def test_inference_equals_training_forward():
 def test_peephole_and_gates_take_the_generic_path():
     assert not Recurrent("lstm", 3, 4, peephole=True).fused
     assert not Recurrent("gru", 3, 4).fused
-    _, _, gates = Recurrent("lstm", 3, 4)(torch.randn(2, 3, 3), return_gates=True)
+    gates = Recurrent("lstm", 3, 4).forward_with_gates(torch.randn(2, 3, 3)).gates
     assert gates[0]["input"].shape == (2, 3, 4)

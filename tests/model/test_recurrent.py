@@ -93,7 +93,7 @@ def test_padding_never_leaks(kind, bidirectional, num_layers, training, fill, lo
 def test_gates_are_returned_per_step():
     layer = Recurrent("lstm", 5, 6, bidirectional=True)
     x = torch.randn(2, 4, 5)
-    _, _, gates = layer(x, torch.tensor([4, 2]), return_gates=True)
+    gates = layer.forward_with_gates(x, torch.tensor([4, 2])).gates
     assert len(gates) == 2
     assert gates[0]["forget"].shape == (2, 4, 6)
     assert torch.all((gates[0]["forget"] > 0) & (gates[0]["forget"] < 1))
