@@ -67,6 +67,11 @@ USER gatesum
 WORKDIR /app
 ENV GATESUM_PORT=8000
 EXPOSE 8000
+# Healthy = ready to summarize: the check probes /readyz, not /healthz. The port opens at once
+# and /readyz answers 503 ("loading") while the model loads, which the start period covers; a
+# model that cannot load (missing or corrupt bundle) keeps /readyz at 503 with the reason and logs
+# it at ERROR, so the container turns unhealthy instead of passing for healthy forever (the
+# process stays up so that /readyz can say why; see service/settings.py).
 HEALTHCHECK --interval=10s --timeout=3s --start-period=60s --retries=3 \
-  CMD ["python", "-c", "import os, urllib.request; urllib.request.urlopen('http://127.0.0.1:%s/healthz' % os.environ['GATESUM_PORT'], timeout=2)"]
+  CMD ["python", "-c", "import os, urllib.request; urllib.request.urlopen('http://127.0.0.1:%s/readyz' % os.environ['GATESUM_PORT'], timeout=2)"]
 ENTRYPOINT ["gatesum", "serve", "--host", "0.0.0.0"]

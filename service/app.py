@@ -1,29 +1,27 @@
-"""The FastAPI app, assembled: settings, lifespan (model loading), middleware, error handlers,
-routes and the static page. ``service.app:app`` is what uvicorn serves."""
+"""The FastAPI app, assembled: settings, lifespan (model loading, in the background), middleware,
+error handlers, routes and the static page. ``service.app:app`` is what uvicorn serves."""
 
 from __future__ import annotations
 
-import asyncio
-import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 
 import fastapi_offline
-from fastapi import FastAPI, Request
+from fastapi import FastAPI
 from fastapi.exceptions import RequestValidationError
 from fastapi.openapi.docs import get_swagger_ui_html
-from fastapi.responses import HTMLResponse, JSONResponse
+from fastapi.responses import HTMLResponse
 from fastapi.staticfiles import StaticFiles
 from starlette.exceptions import HTTPException
 
+from gatesum.service.errors import http_error, internal_error, validation_error
 from gatesum.service.limits import BodyLimitMiddleware
 from gatesum.service.metrics import Metrics, MetricsMiddleware
 from gatesum.service.routes import STATIC, router
 from gatesum.service.settings import Settings, get_settings
 from gatesum.service.state import ModelService
 
-log = logging.getLogger("gatesum.service")
 DOCS_ASSETS = Path(fastapi_offline.__file__).parent / "static"  # Swagger UI 5, shipped by the package
 
 
@@ -35,8 +33,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         service = ModelService(settings, metrics)
         app.state.service = service
-        await asyncio.to_thread(service.load)
         service.batcher.start()
+        service.start_loading()  # in the background: the port opens now, /readyz says "loading"
         yield
         await service.batcher.stop()
 
@@ -62,30 +60,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             swagger_favicon_url="/docs-assets/favicon.png",
         )
 
-    app.add_exception_handler(RequestValidationError, _validation_error)
-    app.add_exception_handler(HTTPException, _http_error)
-    app.add_exception_handler(Exception, _internal_error)
+    app.add_exception_handler(RequestValidationError, validation_error)
+    app.add_exception_handler(HTTPException, http_error)
+    app.add_exception_handler(Exception, internal_error)
     known_paths = {route.path for route in router.routes} | {"/docs", "/openapi.json"}
     app.add_middleware(MetricsMiddleware, metrics=metrics, routes=known_paths)
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)  # outermost: first
     return app
-
-
-async def _validation_error(request: Request, error: RequestValidationError) -> JSONResponse:
-    """422 naming each bad field; the offending input is not echoed (it may be 100k characters)."""
-    detail = [{"loc": list(e["loc"]), "msg": e["msg"], "type": e["type"]} for e in error.errors()]
-    reason = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in detail)
-    return JSONResponse({"error": reason, "detail": detail}, status_code=422)
-
-
-async def _http_error(request: Request, error: HTTPException) -> JSONResponse:
-    return JSONResponse({"error": str(error.detail)}, status_code=error.status_code, headers=error.headers)
-
-
-async def _internal_error(request: Request, error: Exception) -> JSONResponse:
-    """Never a stack trace to the client: it goes to the log."""
-    log.error("%s %s failed", request.method, request.url.path, exc_info=error)
-    return JSONResponse({"error": "internal error; see the service log"}, status_code=500)
 
 
 app = create_app()

@@ -26,8 +26,16 @@ from gatesum.service.state import ModelService, ReadyService, Service
 
 STATIC = Path(__file__).parent / "static"
 ERRORS = {
-    422: {"model": ErrorResponse, "description": "a field is missing, of the wrong type or out of bounds"},
-    503: {"model": ErrorResponse, "description": "model not loaded, or the queue is full (see Retry-After)"},
+    400: {"model": ErrorResponse, "description": "the request body is not UTF-8 text"},
+    422: {
+        "model": ErrorResponse,
+        "description": "the body is not JSON, or a field is missing, of the wrong type or out of bounds",
+    },
+    503: {
+        "model": ErrorResponse,
+        "description": "the model is loading or failed to load, or the queue is full "
+        "(with Retry-After where a retry can succeed)",
+    },
     504: {"model": ErrorResponse, "description": "the request took longer than the service's timeout"},
 }
 router = APIRouter()
@@ -39,15 +47,22 @@ def index() -> FileResponse:
     return FileResponse(STATIC / "index.html")
 
 
+@router.get("/favicon.ico", include_in_schema=False)
+def favicon() -> FileResponse:
+    """The page's icon (an SVG), also where browsers look for one by default."""
+    return FileResponse(STATIC / "favicon.svg", media_type="image/svg+xml")
+
+
 @router.get("/healthz", response_model=Health)
 def healthz() -> Health:
-    """The process is alive (says nothing about the model)."""
+    """The process is alive (liveness; says nothing about the model: see /readyz)."""
     return Health(status="ok")
 
 
 @router.get("/readyz", response_model=Health, responses={503: {"model": Health}})
 def readyz(service: Service) -> Health | JSONResponse:
-    """The model is loaded and requests can be served; 503 with the reason until then."""
+    """The model is loaded and requests can be served; 503 with the reason until then ("loading"
+    while it loads, else why loading failed). The container's health check probes this."""
     if not service.ready:
         return JSONResponse(Health(status="unavailable", reason=service.reason).model_dump(), status_code=503)
     return Health(status="ready", model=service.name)

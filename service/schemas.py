@@ -22,7 +22,7 @@ EXAMPLE_TEXT = (
 
 def _not_blank(text: str) -> str:
     if not text.strip():
-        raise ValueError("text is empty or only whitespace")
+        raise ValueError("is empty or only whitespace")  # errors.py prefixes the field
     return text
 
 
@@ -126,14 +126,14 @@ class ExplainResponse(SummaryResponse):
 
 
 class ErrorResponse(BaseModel):
-    error: str = Field(description="what went wrong, in one line")
+    error: str = Field(description="what went wrong, in plain sentences on one line")
     detail: list[dict[str, Any]] | None = Field(None, description="each invalid field, for a 422")
 
     model_config = ConfigDict(
         json_schema_extra={
             "examples": [
                 {
-                    "error": "body.beam_size: Input should be less than or equal to 16",
+                    "error": "beam_size must be at most 16.",
                     "detail": [
                         {
                             "loc": ["body", "beam_size"],
@@ -150,7 +150,7 @@ class ErrorResponse(BaseModel):
 class Health(BaseModel):
     status: str = Field(description="ok (alive), ready, or unavailable")
     model: str | None = None
-    reason: str | None = Field(None, description="why the service is not ready")
+    reason: str | None = Field(None, description='why the service is not ready: "loading", or the cause')
 
     model_config = ConfigDict(
         protected_namespaces=(),

@@ -2,12 +2,17 @@
 
 Flags map onto ``Settings`` (each also settable as a ``GATESUM_*`` environment variable); they
 are passed on through the environment, so that every uvicorn worker process reads the same.
+The port opens at once; the model loads in the background (see ``state.ModelService``), and
+gatesum's own log lines (each startup phase and its duration, a failed load at ERROR) go to
+uvicorn's log handler at ``--log-level``.
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
 import os
+from typing import Any
 
 from gatesum.service.settings import Settings
 
@@ -91,6 +96,20 @@ def run(args: argparse.Namespace) -> int:
         port=args.port or settings.port,
         workers=args.workers,
         log_level=args.log_level,
+        log_config=log_config(args.log_level),
         proxy_headers=False,
     )
     return 0
+
+
+def log_config(level: str) -> dict[str, Any]:
+    """uvicorn's logging config, with the ``gatesum`` loggers on its handler at ``level``."""
+    from uvicorn.config import LOG_LEVELS, LOGGING_CONFIG
+
+    config = copy.deepcopy(LOGGING_CONFIG)
+    config["loggers"]["gatesum"] = {
+        "handlers": ["default"],
+        "level": LOG_LEVELS.get(level.lower(), "INFO"),
+        "propagate": False,
+    }
+    return config

@@ -1,4 +1,17 @@
-"""``Settings``: every knob of the REST service, read from ``GATESUM_*`` environment variables."""
+"""``Settings``: every knob of the REST service, read from ``GATESUM_*`` environment variables.
+
+Startup and health checks (a choice, kept the same in the Dockerfile): the port opens at once and
+the model loads in the background (the bundle, then our compiled LSTM loops; each phase logged at
+INFO with its duration).
+
+- ``/healthz`` is liveness: 200 as long as the process runs.
+- ``/readyz`` is readiness: 503 with the reason ``loading`` while the model loads, 200 once it
+  serves, 503 with the cause when loading failed (a missing or corrupt bundle file...).
+- A failed load logs its cause once at ERROR (naming the file) and the process stays up, so that
+  /readyz can tell an operator why; it does not exit. Health checks therefore probe /readyz:
+  the Docker image's HEALTHCHECK does, with a start period that covers the load, so a container
+  whose model cannot load turns unhealthy instead of reporting healthy forever.
+"""
 
 from __future__ import annotations
 
@@ -32,7 +45,9 @@ class Settings(BaseSettings):
     max_wait_ms: float = Field(5.0, ge=0, description="how long the first text waits for company")
     max_queue: int = Field(256, ge=1, description="texts waiting; past this, 503 + Retry-After")
     request_timeout_s: float = Field(60.0, gt=0, description="per request; past this, 504")
-    retry_after_s: int = Field(1, ge=0, description="Retry-After of a 503 when the queue is full")
+    retry_after_s: int = Field(
+        1, ge=0, description="Retry-After of a 503 when the queue is full or the model is loading"
+    )
 
     # generation defaults for a request that does not set them
     beam_size: int = Field(4, ge=1, le=16)

@@ -1,11 +1,18 @@
 """``ModelService``: the loaded bundle, its micro-batcher and its metrics, built in the app's
-lifespan; routes receive it through the ``Service`` / ``ReadyService`` dependencies."""
+lifespan; routes receive it through the ``Service`` / ``ReadyService`` dependencies.
+
+The model loads on a background thread (``start_loading``), so that the port is open at once:
+while it loads, /healthz answers 200, /readyz 503 with the reason ``loading`` and /v1/* 503 with
+Retry-After. A load that fails logs its cause at ERROR and leaves /readyz at 503 with the reason.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import dataclasses
 import logging
+import threading
+import time
 from typing import Annotated
 
 import torch
@@ -13,7 +20,7 @@ from fastapi import Depends, HTTPException, Request
 
 from gatesum.model.bundle import Bundle, load_bundle
 from gatesum.model.errors import GatesumError
-from gatesum.model.kernels import lstm_ops
+from gatesum.model.kernels import kernels_enabled, lstm_ops
 from gatesum.model.pipeline import Summary, summarize_texts
 from gatesum.model.search import GenerationConfig
 from gatesum.service.batching import MicroBatcher
@@ -22,6 +29,7 @@ from gatesum.service.schemas import GenerationOptions
 from gatesum.service.settings import Settings
 
 log = logging.getLogger("gatesum.service")
+LOADING = "loading"  # the reason /readyz gives while the model loads
 # a micro-batch group: GenerationConfig as a tuple (hashable) and whether to explain
 BatchKey = tuple[tuple, bool]
 
@@ -30,28 +38,61 @@ class ModelService:
     def __init__(self, settings: Settings, metrics: Metrics) -> None:
         self.settings = settings
         self.metrics = metrics
-        self.bundle: Bundle | None = None
-        self.reason = "the model is loading"  # why the service is not ready
+        self.bundle: Bundle | None = None  # set once the model is loaded and its loops are built
+        self.reason = LOADING  # why the service is not ready; "" once it is
+        self.loaded = threading.Event()  # set when loading ends, ready or not
         self.batcher = MicroBatcher(
             self._run_batch, settings.max_batch_size, settings.max_wait_ms, settings.max_queue, metrics
         )
 
+    def start_loading(self) -> None:
+        """``load`` on a daemon thread: a stop during a long first build does not wait for it."""
+        log.info("startup: loading the model in the background; /readyz answers 503 until it is ready")
+        threading.Thread(target=self.load, name="gatesum-load", daemon=True).start()
+
     def load(self) -> None:
-        """Load the bundle; on failure keep serving /healthz and say why on /readyz."""
-        if self.settings.torch_threads:
-            torch.set_num_threads(self.settings.torch_threads)
+        """Load the bundle, then build our LSTM loops; each phase is logged with its duration. On
+        failure, log the cause at ERROR, keep serving /healthz and say why on /readyz."""
+        started = time.perf_counter()
         try:
-            self.bundle = load_bundle(self.settings.model, self.settings.device)
+            bundle = self._load()
         except GatesumError as error:
             self.reason = f"{error} (set GATESUM_MODEL to a model bundle directory)"
+            log.error("startup: the model could not be loaded: %s", self.reason)
         except Exception as error:  # a broken device, out of memory...: logged whole, told briefly
-            log.exception("loading %s failed", self.settings.model)
             self.reason = f"loading {self.settings.model} failed: {type(error).__name__}"
+            log.error("startup: the model could not be loaded: %s", self.reason, exc_info=error)
         else:
-            if torch.device(self.settings.device).type == "cpu":
-                lstm_ops()  # build (first start on a machine, ~10 s) or load our LSTM loops, not on a request
+            self.bundle = bundle  # published last: requests are served from here on
             self.reason = ""
-            log.info("serving %s from %s", self.bundle.name, self.bundle.path)
+            log.info("startup: ready in %.2f s, serving %s from %s",
+                     time.perf_counter() - started, bundle.name, bundle.path)  # fmt: skip
+        finally:
+            self.loaded.set()
+
+    def _load(self) -> Bundle:
+        if self.settings.torch_threads:
+            torch.set_num_threads(self.settings.torch_threads)
+        started = time.perf_counter()
+        bundle = load_bundle(self.settings.model, self.settings.device)
+        log.info("startup: model bundle %s loaded in %.2f s", bundle.path, time.perf_counter() - started)
+        if torch.device(self.settings.device).type == "cpu":  # our compiled loops are CPU code
+            self._build_loops()
+        return bundle
+
+    def _build_loops(self) -> None:
+        """Build our LSTM loops (a machine's first start, ~10 s) or load them from torch's cache:
+        here, not in the first request."""
+        if not kernels_enabled():
+            log.info("startup: compiled LSTM loops off (GATESUM_KERNELS): the LSTM runs on torch ops")
+            return
+        started = time.perf_counter()
+        outcome = "ready" if lstm_ops() is not None else "unavailable (see above), torch ops instead"
+        log.info("startup: compiled LSTM loops %s in %.2f s", outcome, time.perf_counter() - started)
+
+    @property
+    def loading(self) -> bool:
+        return not self.loaded.is_set()
 
     @property
     def ready(self) -> bool:
@@ -87,6 +128,12 @@ def get_service(request: Request) -> ModelService:
 
 
 def ready_service(service: Annotated[ModelService, Depends(get_service)]) -> ModelService:
+    """The service, or 503: with Retry-After while the model loads, without once loading failed."""
+    if service.loading:
+        retry = str(service.settings.retry_after_s)
+        raise HTTPException(
+            503, "model not ready: still loading; retry in a few seconds", headers={"Retry-After": retry}
+        )
     if not service.ready:
         raise HTTPException(503, f"model not ready: {service.reason}")
     return service

@@ -19,22 +19,44 @@ async function summarize(event) {
   $("status").textContent = "summarizing…";
   $("summarize").disabled = true;
   try {
-    const response = await fetch("/v1/explain", {
+    show(await explain(body));
+  } catch (error) {
+    clearResult(); // an old summary under a new error would read as the answer to this text
+    $("error").textContent = error.message;
+    $("error").hidden = false;
+  } finally {
+    $("status").textContent = "";
+    $("summarize").disabled = false;
+  }
+}
+
+// POST /v1/explain; an Error whose message is a sentence for the reader when it fails
+async function explain(body) {
+  let response;
+  try {
+    response = await fetch("/v1/explain", {
       method: "POST",
       headers: { "content-type": "application/json" },
       body: JSON.stringify(body),
     });
-    const answer = await response.json();
-    if (!response.ok) throw new Error(answer.error || `HTTP ${response.status}`);
-    show(answer);
-    $("status").textContent = "";
-  } catch (error) {
-    $("error").textContent = error.message;
-    $("error").hidden = false;
-    $("status").textContent = "";
-  } finally {
-    $("summarize").disabled = false;
+  } catch {
+    throw new Error("The service could not be reached. Is it running?");
   }
+  const answer = await response.json().catch(() => ({})); // a proxy's HTML error page is not JSON
+  if (!response.ok) throw new Error(answer.error || `The service answered HTTP ${response.status}.`);
+  return answer;
+}
+
+function clearResult() {
+  $("result").hidden = true;
+  $("summary").textContent = "";
+  $("meta").textContent = "";
+  $("heatmap-hover").innerHTML = "&nbsp;";
+  const canvas = $("heatmap");
+  canvas.width = canvas.height = 0;
+  delete canvas.dataset.rows;
+  delete canvas.dataset.columns;
+  $("memory").replaceChildren();
 }
 
 function show(answer) {
@@ -106,11 +128,17 @@ function drawMemory(memory, tokens) {
   if (!memory) target.append(" (no memory trace for this model)");
 }
 
+// the model's name from /readyz; while the model loads (503 "loading"), ask again every second
 async function loadModelName() {
   try {
     const response = await fetch("/readyz");
     const health = await response.json();
-    $("model-name").textContent = response.ok ? `model: ${health.model}` : `model not ready: ${health.reason}`;
+    if (response.ok) {
+      $("model-name").textContent = `model: ${health.model}`;
+    } else {
+      $("model-name").textContent = `model not ready: ${health.reason}`;
+      if (health.reason === "loading") setTimeout(loadModelName, 1000);
+    }
   } catch {
     $("model-name").textContent = "service unreachable";
   }

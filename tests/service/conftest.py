@@ -1,12 +1,17 @@
 """Fixtures for the service tests: a tiny untrained bundle (built once), settings that keep
-generation short, and an app client with the lifespan run (``with TestClient(app)``)."""
+generation short, and an app client with the lifespan run (``with TestClient(app)``) and the
+model's background load finished."""
 
 from __future__ import annotations
 
+import json
 import socket
 import threading
 import time
+import urllib.error
+import urllib.request
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -41,9 +46,42 @@ def settings(tiny_bundle: Path) -> Settings:
     return make_settings(tiny_bundle)
 
 
+def still_loading(status: int, body: bytes) -> bool:
+    return status == 503 and json.loads(body).get("reason") == "loading"
+
+
+def wait_until_loaded(client: TestClient, timeout: float = 60) -> None:
+    """Until the background load has ended, ready or failed (/readyz stops saying "loading")."""
+    deadline = time.monotonic() + timeout
+    while True:
+        response = client.get("/readyz")
+        if not still_loading(response.status_code, response.content):
+            return
+        if time.monotonic() > deadline:
+            pytest.fail(f"the model was still loading after {timeout} s")
+        time.sleep(0.02)
+
+
+@contextmanager
+def serving(settings: Settings) -> Iterator[TestClient]:
+    """A client of an app built from ``settings``, once its model has loaded (or failed to)."""
+    with TestClient(create_app(settings)) as client:
+        wait_until_loaded(client)
+        yield client
+
+
+def get(url: str) -> tuple[int, bytes]:
+    """(status, body) of a GET; raises URLError when nothing listens."""
+    try:
+        with urllib.request.urlopen(url, timeout=5) as response:
+            return response.status, response.read()
+    except urllib.error.HTTPError as error:
+        return error.code, error.read()
+
+
 @pytest.fixture
 def client(settings: Settings) -> Iterator[TestClient]:
-    with TestClient(create_app(settings)) as client:
+    with serving(settings) as client:
         yield client
 
 
@@ -62,6 +100,10 @@ def live_server(settings: Settings) -> Iterator[str]:
     while not server.started:
         if time.monotonic() > deadline or not thread.is_alive():
             pytest.fail("uvicorn did not start within 30 s")
+        time.sleep(0.05)
+    while still_loading(*get(f"http://127.0.0.1:{port}/readyz")):
+        if time.monotonic() > deadline:
+            pytest.fail("the model was still loading after 30 s")
         time.sleep(0.05)
     yield f"http://127.0.0.1:{port}"
     server.should_exit = True

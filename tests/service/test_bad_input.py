@@ -9,7 +9,7 @@ from collections.abc import Iterator
 import pytest
 from fastapi.testclient import TestClient
 
-from tests.service.conftest import ARTICLE
+from tests.service.conftest import ARTICLE, make_settings, serving
 
 TOO_LONG = "word " * 20_001  # 100_005 characters, over the default limit of 100_000
 
@@ -18,11 +18,11 @@ INVALID = [
     ("missing text", "/v1/summarize", {}, "text"),
     ("text not a string", "/v1/summarize", {"text": 42}, "text"),
     ("text a list", "/v1/summarize", {"text": ["a"]}, "text"),
-    ("empty text", "/v1/summarize", {"text": ""}, "text"),
-    ("whitespace text", "/v1/summarize", {"text": " \n\t "}, "whitespace"),
-    ("too long text", "/v1/summarize", {"text": TOO_LONG}, "100000"),
+    ("empty text", "/v1/summarize", {"text": ""}, "The text is empty."),
+    ("whitespace text", "/v1/summarize", {"text": " \n\t "}, "The text is empty or only whitespace."),
+    ("too long text", "/v1/summarize", {"text": TOO_LONG}, "longer than 100,000 characters"),
     ("beam 0", "/v1/summarize", {"text": ARTICLE, "beam_size": 0}, "beam_size"),
-    ("beam 99", "/v1/summarize", {"text": ARTICLE, "beam_size": 99}, "beam_size"),
+    ("beam 99", "/v1/summarize", {"text": ARTICLE, "beam_size": 99}, "beam_size must be at most 16."),
     ("beam not a number", "/v1/summarize", {"text": ARTICLE, "beam_size": "four"}, "beam_size"),
     ("negative max_length", "/v1/summarize", {"text": ARTICLE, "max_length": -1}, "max_length"),
     ("negative min_length", "/v1/summarize", {"text": ARTICLE, "min_length": -5}, "min_length"),
@@ -30,11 +30,11 @@ INVALID = [
     ("min over max", "/v1/summarize", {"text": ARTICLE, "min_length": 9, "max_length": 3}, "min_length"),
     ("negative length penalty", "/v1/summarize", {"text": ARTICLE, "length_penalty": -1}, "length_penalty"),
     ("unknown field", "/v1/summarize", {"text": ARTICLE, "beam": 2}, "beam"),
-    ("body is a list", "/v1/summarize", [ARTICLE], "body"),
+    ("body is a list", "/v1/summarize", [ARTICLE], "The request body must be a JSON object."),
     ("missing texts", "/v1/summarize/batch", {}, "texts"),
     ("no texts", "/v1/summarize/batch", {"texts": []}, "texts"),
     ("too many texts", "/v1/summarize/batch", {"texts": ["a text"] * 33}, "texts"),
-    ("blank text in batch", "/v1/summarize/batch", {"texts": [ARTICLE, "   "]}, "whitespace"),
+    ("blank text in batch", "/v1/summarize/batch", {"texts": [ARTICLE, "   "]}, "texts[1] is empty"),
     ("texts not a list", "/v1/summarize/batch", {"texts": ARTICLE}, "texts"),
     ("explain, empty text", "/v1/explain", {"text": ""}, "text"),
 ]
@@ -42,10 +42,7 @@ INVALID = [
 
 @pytest.fixture(scope="module")
 def shared_client(tiny_bundle) -> Iterator[TestClient]:
-    from gatesum.service.app import create_app
-    from tests.service.conftest import make_settings
-
-    with TestClient(create_app(make_settings(tiny_bundle))) as client:
+    with serving(make_settings(tiny_bundle)) as client:
         yield client
 
 
@@ -61,24 +58,38 @@ def test_invalid_field_is_a_readable_422(shared_client: TestClient, route: str, 
     assert response.status_code == 422, response.text
     answer = response.json()
     assert reason in answer["error"] and answer["detail"]
+    # plain sentences, not pydantic's locations and prefixes
+    assert "body." not in answer["error"] and "Value error" not in answer["error"]
+    assert answer["error"].endswith(".")
     assert len(response.text) < 2000  # the offending input is not echoed back
     assert_still_serving(shared_client)
 
 
+# (name, raw body, status, the error the client reads)
 RAW = [
-    ("invalid JSON", b'{"text": "unterminated', 422),
-    ("not JSON at all", b"summarize this please", 422),
-    ("non-UTF-8 bytes", b'{"text": "\xff\xfe caf\xe9"}', 400),
-]
+    ("invalid JSON", b'{"text": "unterminated', 422,
+     "The request body is not valid JSON (line 1, column 10: Unterminated string starting at)."),
+    ("missing comma", b'{"text": "a b c" "beam_size": 2}', 422,
+     "The request body is not valid JSON (line 1, column 18: Expecting ',' delimiter)."),
+    ("error on line 2", b'{"text": "a b c",\n "beam_size": }', 422,
+     "The request body is not valid JSON (line 2, column 15: Expecting value)."),
+    ("not JSON at all", b"summarize this please", 422,
+     "The request body is not valid JSON (line 1, column 1: Expecting value)."),
+    ("non-UTF-8 bytes", b'{"text": "\xff\xfe caf\xe9"}', 400,
+     "The request body is not valid UTF-8 text (byte 0xff at offset 10)."),
+]  # fmt: skip
 
 
-@pytest.mark.parametrize(("content", "status"), [case[1:] for case in RAW], ids=[case[0] for case in RAW])
-def test_undecodable_body_is_a_4xx(shared_client: TestClient, content: bytes, status: int) -> None:
+@pytest.mark.parametrize(("content", "status", "error"), [case[1:] for case in RAW],
+                         ids=[case[0] for case in RAW])  # fmt: skip
+def test_undecodable_body_is_a_4xx_that_says_why(
+    shared_client: TestClient, content: bytes, status: int, error: str
+) -> None:
     response = shared_client.post(
         "/v1/summarize", content=content, headers={"content-type": "application/json"}
     )
     assert response.status_code == status
-    assert "error" in response.json() and "Traceback" not in response.text
+    assert response.json()["error"] == error and "Traceback" not in response.text
     assert_still_serving(shared_client)
 
 

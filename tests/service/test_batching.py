@@ -13,15 +13,14 @@ from pathlib import Path
 import pytest
 from fastapi.testclient import TestClient
 
-from gatesum.service.app import create_app
 from gatesum.service.batching import MicroBatcher, QueueFull
-from tests.service.conftest import ARTICLE, make_settings
+from tests.service.conftest import ARTICLE, make_settings, serving
 
 
 def test_32_simultaneous_requests_share_few_model_calls(tiny_bundle: Path) -> None:
     settings = make_settings(tiny_bundle, max_batch_size=32, max_wait_ms=200)
     texts = [f"{ARTICLE} Story number {i}." for i in range(32)]
-    with TestClient(create_app(settings)) as client:
+    with serving(settings) as client:
         with ThreadPoolExecutor(32) as pool:
             responses = list(pool.map(lambda text: client.post("/v1/summarize", json={"text": text}), texts))
         calls = client.app.state.service.batcher.model_calls
@@ -37,7 +36,7 @@ def test_32_simultaneous_requests_share_few_model_calls(tiny_bundle: Path) -> No
 def test_micro_batch_is_grouped_by_generation_settings(tiny_bundle: Path) -> None:
     settings = make_settings(tiny_bundle, max_batch_size=32, max_wait_ms=200)
     bodies = [{"text": ARTICLE, "max_length": 4 if i % 2 else 6} for i in range(8)]
-    with TestClient(create_app(settings)) as client:
+    with serving(settings) as client:
         with ThreadPoolExecutor(8) as pool:
             responses = list(pool.map(lambda body: client.post("/v1/explain", json=body), bodies))
         calls = client.app.state.service.batcher.model_calls
@@ -141,7 +140,7 @@ def slow_model(client: TestClient, seconds: float) -> Callable[[], None]:
 
 def test_full_queue_is_503_with_retry_after(tiny_bundle: Path) -> None:
     settings = make_settings(tiny_bundle, max_batch_size=1, max_wait_ms=0, max_queue=1, retry_after_s=3)
-    with TestClient(create_app(settings)) as client:
+    with serving(settings) as client:
         slow_model(client, 0.5)
         with ThreadPoolExecutor(4) as pool:
             responses = list(
@@ -155,7 +154,7 @@ def test_full_queue_is_503_with_retry_after(tiny_bundle: Path) -> None:
 
 
 def test_slow_request_times_out_with_504(tiny_bundle: Path) -> None:
-    with TestClient(create_app(make_settings(tiny_bundle, request_timeout_s=0.5))) as client:
+    with serving(make_settings(tiny_bundle, request_timeout_s=0.5)) as client:
         undo = slow_model(client, 1.5)
         response = client.post("/v1/summarize", json={"text": ARTICLE})
         assert response.status_code == 504 and "timed out after 0.5 s" in response.json()["error"]

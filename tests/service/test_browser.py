@@ -1,5 +1,6 @@
 """The web page in a real headless chromium (Debian's, driven by Playwright for Python): type a
-text, click, and see the summary, the attention heatmap and the memory trace.
+text, click, and see the summary, the attention heatmap and the memory trace; an error replaces
+the previous result with a plain sentence; no request of the page fails (its icon included).
 
 Skips when /usr/bin/chromium or playwright is absent (CI installs both: ``apt-get install -y
 chromium`` and ``pip install playwright``; never ``playwright install``). The screenshot goes to
@@ -35,15 +36,33 @@ def browser():
         browser.close()
 
 
-def test_page_summarizes_and_draws_heatmap_and_memory(browser, live_server: str, tmp_path: Path) -> None:
+def screenshot_folder(tmp_path: Path) -> Path:
+    folder = Path(os.environ.get("GATESUM_SCREENSHOTS", tmp_path))
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder
+
+
+def open_page(browser, url: str):
+    """A page at ``url``, with the page's JS errors and every failed response recorded."""
     page = browser.new_page(viewport={"width": 1280, "height": 1000})
-    errors: list[str] = []
-    page.on("pageerror", lambda error: errors.append(str(error)))
-    page.goto(live_server + "/")
+    page.js_errors, page.failed = [], []
+    page.on("pageerror", lambda error: page.js_errors.append(str(error)))
+    page.on("response", lambda r: r.status >= 400 and page.failed.append(f"{r.status} {r.url}"))
+    page.goto(url)
     page.wait_for_selector("#model-name:has-text('tiny-untrained')")
-    page.fill("#source", ARTICLE)
+    return page
+
+
+def summarize(page, text: str) -> None:
+    page.fill("#source", text)
     page.fill("#max_length", "8")
     page.click("#summarize")
+    page.wait_for_selector("#summarize:not([disabled])", timeout=30_000)
+
+
+def test_page_summarizes_and_draws_heatmap_and_memory(browser, live_server: str, tmp_path: Path) -> None:
+    page = open_page(browser, live_server + "/")
+    summarize(page, ARTICLE)
     page.wait_for_selector("#result:not([hidden])", timeout=30_000)
 
     assert page.inner_text("#summary").strip()
@@ -63,22 +82,38 @@ def test_page_summarizes_and_draws_heatmap_and_memory(browser, live_server: str,
     memory_tokens = page.locator("#memory span")
     assert memory_tokens.count() == columns
     assert "remembered" in memory_tokens.last.get_attribute("title")
-    assert errors == []
+    # the page's icon is served (no 404 for it, nor for /favicon.ico)
+    icon = page.evaluate("fetch(document.querySelector('link[rel=icon]').href).then(r => r.status)")
+    assert icon == 200 and page.evaluate("fetch('/favicon.ico').then(r => r.status)") == 200
+    assert page.js_errors == [] and page.failed == []
 
-    folder = Path(os.environ.get("GATESUM_SCREENSHOTS", tmp_path))
-    folder.mkdir(parents=True, exist_ok=True)
-    page.screenshot(path=str(folder / "gatesum-page.png"), full_page=True)
-    assert (folder / "gatesum-page.png").stat().st_size > 10_000
+    shot = screenshot_folder(tmp_path) / "gatesum-page.png"
+    page.screenshot(path=str(shot), full_page=True)
+    assert shot.stat().st_size > 10_000
     page.close()
 
 
-def test_page_shows_a_readable_error(browser, live_server: str) -> None:
-    page = browser.new_page()
-    page.goto(live_server + "/")
-    page.fill("#source", "   ")  # passes the browser's "required", the API says 422
-    page.click("#summarize")
-    page.wait_for_selector("#error:not([hidden])", timeout=10_000)
-    assert "whitespace" in page.inner_text("#error")
+def test_an_error_replaces_the_previous_result_with_a_readable_message(
+    browser, live_server: str, tmp_path: Path
+) -> None:
+    page = open_page(browser, live_server + "/")
+    summarize(page, ARTICLE)
+    assert page.is_visible("#result") and page.inner_text("#summary").strip()
+
+    summarize(page, "   ")  # passes the browser's "required", the API says 422
+    message = page.inner_text("#error")
+    assert page.is_visible("#error") and message == "The text is empty or only whitespace."
+    assert "body." not in message and "Value error" not in message
+    # nothing of the previous answer is left to be read as the answer to this text
+    assert not page.is_visible("#result")
+    assert page.inner_text("#summary") == "" and page.locator("#memory span").count() == 0
+    assert page.locator("#heatmap").get_attribute("data-rows") is None
+    assert page.js_errors == []
+    assert [f for f in page.failed if "/v1/explain" not in f] == []  # the 422 alone, no 404
+    page.screenshot(path=str(screenshot_folder(tmp_path) / "gatesum-page-error.png"), full_page=True)
+
+    summarize(page, ARTICLE)  # and the page recovers
+    assert page.is_visible("#result") and not page.is_visible("#error")
     page.close()
 
 

@@ -8,8 +8,7 @@ from pathlib import Path
 from fastapi.testclient import TestClient
 
 from gatesum.service import state
-from gatesum.service.app import create_app
-from tests.service.conftest import ARTICLE, SOURCE_MAX_TOKENS, make_settings
+from tests.service.conftest import ARTICLE, SOURCE_MAX_TOKENS, make_settings, serving
 
 
 def test_healthz_and_readyz(client: TestClient) -> None:
@@ -113,10 +112,14 @@ def test_index_page_and_static_files(client: TestClient) -> None:
     assert page.status_code == 200 and 'id="heatmap"' in page.text
     assert client.get("/static/app.js").status_code == 200
     assert client.get("/static/style.css").status_code == 200
+    assert 'rel="icon" href="/static/favicon.svg"' in page.text
+    for icon in ("/static/favicon.svg", "/favicon.ico"):  # browsers ask for the latter unprompted
+        response = client.get(icon)
+        assert response.status_code == 200 and response.headers["content-type"].startswith("image/svg+xml")
 
 
 def test_missing_model_starts_but_is_not_ready(tmp_path: Path) -> None:
-    with TestClient(create_app(make_settings(tmp_path / "nowhere"))) as client:
+    with serving(make_settings(tmp_path / "nowhere")) as client:
         assert client.get("/healthz").status_code == 200
         ready = client.get("/readyz")
         assert ready.status_code == 503
@@ -132,7 +135,7 @@ def test_corrupt_bundle_is_a_readable_503_not_a_traceback(tmp_path: Path, tiny_b
     for name in ("config.json", "tokenizer.model"):
         (broken / name).write_bytes((tiny_bundle / name).read_bytes())
     (broken / "model.safetensors").write_bytes(b"not weights")
-    with TestClient(create_app(make_settings(broken))) as client:
+    with serving(make_settings(broken)) as client:
         reason = client.get("/readyz").json()["reason"]
         assert "model.safetensors" in reason and "Traceback" not in reason
     card = json.loads((tiny_bundle / "config.json").read_text())
@@ -143,6 +146,6 @@ def test_the_compiled_lstm_loops_are_ready_before_the_service_is(monkeypatch, se
     """Building them takes ~10 s on a machine's first start: at startup, not in a request."""
     calls = []
     monkeypatch.setattr(state, "lstm_ops", lambda: calls.append("built"))
-    with TestClient(create_app(settings)) as client:
+    with serving(settings) as client:
         assert calls == ["built"]
         assert client.get("/readyz").status_code == 200
