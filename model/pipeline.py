@@ -3,6 +3,10 @@
     text ─► normalize ─► tokenize ─► truncate to the source limit ─► Summarizer.generate
          ─► decode ids ─► detokenize ─► summary
 
+A summary is never longer than its source: each batch is decoded with its sources' token
+counts as per-row caps (``GenerationConfig.for_sources``), so a five-token input gets at most
+five summary tokens whatever ``max_length`` and ``min_length`` ask.
+
 The command line (``gatesum summarize``, ``gatesum eval``) and the REST service all call
 ``summarize_texts``, so a summary is the same whichever door it came through.
 """
@@ -70,8 +74,9 @@ def summarize_texts(
             [row + [bundle.model.config.pad_id] * (width - len(row)) for row in rows], device=device
         )
         source_lengths = torch.tensor([len(row) for row in rows], device=device)
+        capped = generation.for_sources([len(row) for row in rows])
         output = bundle.model.generate(
-            source, source_lengths, generation, return_attention=explain, return_gates=explain
+            source, source_lengths, capped, return_attention=explain, return_gates=explain
         )
         for position, index in enumerate(chunk):
             token_ids = output.tokens[position]

@@ -12,12 +12,17 @@ score freezes (its only continuation is PAD at no cost) and it keeps competing f
 the K places. Hypotheses are ranked by log-probability divided by the GNMT length penalty
 lp(n) = ((5 + n) / 6)^α (Wu et al. 2016); since all live candidates of a step have the same
 length, beam size 1 is greedy search.
+
+A summary is never longer than its source: ``GenerationConfig.source_lengths`` caps each
+example's summary at its own source's token count (EOS not counted), row by row inside one
+batch, by allowing only EOS once a row reaches its cap; ``min_length`` is lowered to the cap
+with it. ``summarize_texts`` (model/pipeline.py) sets it for every batch it decodes.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, replace
 
 import torch
 from torch import Tensor
@@ -33,10 +38,19 @@ class GenerationConfig:
     length_penalty: float = 1.0  # GNMT α; 0 ranks by raw log-probability (favours short output)
     no_repeat_ngram_size: int = 3  # 0 = off; 3 is the usual CNN/DailyMail setting
     coverage_penalty: float = 0.0  # β: penalizes attending a source token more than once in all
+    # per example, in batch order: its source's token count, the most summary tokens it may get
+    # (EOS not counted); None: no cap. Set with ``for_sources``.
+    source_lengths: tuple[int, ...] | None = None
 
     def __post_init__(self) -> None:
         if self.beam_size < 1 or self.max_length < 1 or self.min_length < 0:
             raise ValueError("beam_size and max_length must be ≥ 1 and min_length ≥ 0")
+        if self.source_lengths is not None and min(self.source_lengths, default=0) < 0:
+            raise ValueError("source_lengths must be ≥ 0")
+
+    def for_sources(self, source_lengths: Sequence[int]) -> GenerationConfig:
+        """A copy whose summaries are capped by these sources' token counts, one per example."""
+        return replace(self, source_lengths=tuple(int(length) for length in source_lengths))
 
 
 @dataclass
@@ -64,17 +78,49 @@ def banned_ngram_tokens(tokens: Tensor, n: int, vocab_size: int) -> Tensor:
     return counts > 0
 
 
+@dataclass
+class RowLimits:
+    """Per decoded row (N,): EOS is forbidden before ``min_tokens`` and the only choice at ``max_tokens``."""
+
+    min_tokens: Tensor
+    max_tokens: Tensor
+
+
+def row_limits(
+    config: GenerationConfig, batch_size: int, device: torch.device, rows_per_example: int = 1
+) -> RowLimits:
+    """Each row's limits: ``max_length`` capped by its source's length, ``min_length`` by that cap.
+    Rows are example-major (the K beams of example 0, then of example 1, ...)."""
+    caps = torch.full((batch_size,), config.max_length, dtype=torch.long, device=device)
+    if config.source_lengths is not None:
+        if len(config.source_lengths) != batch_size:
+            raise ValueError(f"{len(config.source_lengths)} source_lengths for a batch of {batch_size}")
+        caps = caps.clamp_max(torch.tensor(config.source_lengths, dtype=torch.long, device=device))
+    caps = caps.repeat_interleave(rows_per_example)
+    return RowLimits(caps.clamp_max(config.min_length), caps)
+
+
 def constrain(
-    log_probs: Tensor, tokens: Tensor, config: GenerationConfig, eos: int, never: tuple[int, ...]
+    log_probs: Tensor,
+    tokens: Tensor,
+    config: GenerationConfig,
+    limits: RowLimits,
+    eos: int,
+    never: tuple[int, ...],
 ) -> Tensor:
-    """Apply min_length and n-gram blocking to one step's log_probs (N, V); the ids in
+    """Apply the length limits and n-gram blocking to one step's log_probs (N, V); the ids in
     ``never`` (PAD, BOS) are never generated."""
-    forbidden = [*never, eos] if tokens.shape[1] < config.min_length else list(never)
-    log_probs = log_probs.index_fill(1, torch.tensor(forbidden, device=log_probs.device), NEG_INF)
+    generated = tokens.shape[1]
+    eos_log_prob = log_probs[:, eos].clone()  # (N,) the model's own, kept for rows forced to stop
+    log_probs = log_probs.index_fill(1, torch.tensor(never, device=log_probs.device), NEG_INF)
+    log_probs[:, eos] = log_probs[:, eos].masked_fill(generated < limits.min_tokens, NEG_INF)
     if config.no_repeat_ngram_size > 0:
         banned = banned_ngram_tokens(tokens, config.no_repeat_ngram_size, log_probs.shape[1])
         log_probs = log_probs.masked_fill(banned, NEG_INF)
-    return log_probs
+    # A row that has as many tokens as its source may only end: a summary is never longer.
+    eos_only = torch.full_like(log_probs, NEG_INF)
+    eos_only[:, eos] = eos_log_prob
+    return torch.where((generated >= limits.max_tokens).unsqueeze(1), eos_only, log_probs)
 
 
 def _strip(row: list[int], eos: int, pad: int) -> list[int]:
@@ -103,10 +149,11 @@ def greedy_search(
     last = torch.full((batch_size,), bos, dtype=torch.long, device=device)
     finished = torch.zeros(batch_size, dtype=torch.bool, device=device)
     scores = torch.zeros(batch_size, device=device)
+    limits = row_limits(config, batch_size, device)
     attentions = []
     for _ in range(config.max_length):
         log_probs, attention, state = step(last, state)
-        log_probs = constrain(log_probs, tokens, config, eos, (pad, bos))
+        log_probs = constrain(log_probs, tokens, config, limits, eos, (pad, bos))
         best_score, best = log_probs.max(-1)
         best = best.masked_fill(finished, pad)
         scores += best_score.masked_fill(finished, 0.0)
@@ -155,10 +202,11 @@ def beam_search(
     coverage = None
     history = None  # (N, t, S) attention of each hypothesis, on request
     example_start = (torch.arange(B, device=device) * K).unsqueeze(1)  # (B, 1)
+    limits = row_limits(config, B, device, rows_per_example=K)  # the same for an example's K rows
     for _ in range(config.max_length):
         log_probs, attention, state = step(last, state)
         V = log_probs.shape[1]
-        log_probs = constrain(log_probs, tokens, config, eos, (pad, bos))
+        log_probs = constrain(log_probs, tokens, config, limits, eos, (pad, bos))
         # A finished hypothesis continues only with PAD, at no cost.
         pad_only = torch.full_like(log_probs[:1], NEG_INF)
         pad_only[0, pad] = 0.0

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+import sys
 from pathlib import Path
 
 import datasets
@@ -11,6 +13,10 @@ from gatesum.model.errors import GatesumError
 from gatesum.model.text import NormalizerConfig
 from gatesum.model.tokenizer import Tokenizer
 from gatesum.training.data import DataConfig, iter_texts_for_tokenizer, load_pairs
+from gatesum.training.options import TokenizerConfig
+
+# sentencepiece's words when a corpus has fewer distinct pieces than the vocabulary asked for
+_VOCABULARY_TOO_HIGH = re.compile(r"Vocabulary size too high \((\d+)\)\. Please set it to a value <= (\d+)")
 
 
 def validation_pairs(
@@ -48,8 +54,36 @@ def prepare_tokenizer(
     if not path.exists() and is_main:
         if resume:
             raise GatesumError(f"{path}: missing; cannot resume without the run's tokenizer")
-        texts = iter_texts_for_tokenizer(pairs, config.sample_size, normalizer_config=normalizer)
-        Tokenizer.train(texts, path, config.vocab_size, config.model_type)
+        train_tokenizer(config, pairs, path, normalizer)
     if distributed:
         dist.barrier()  # the other ranks wait for rank 0's tokenizer
     return Tokenizer.load(path)
+
+
+def train_tokenizer(
+    config: TokenizerConfig, pairs: datasets.Dataset, path: Path, normalizer: NormalizerConfig
+) -> Tokenizer:
+    """A tokenizer of ``config.vocab_size`` pieces, or, when the training texts are too few to
+    hold that many (a ``--limit`` smoke run), of the most they allow, with a one-line warning."""
+
+    def texts():
+        return iter_texts_for_tokenizer(pairs, config.sample_size, normalizer_config=normalizer)
+
+    try:
+        return Tokenizer.train(texts(), path, config.vocab_size, config.model_type)
+    except GatesumError as error:
+        too_high = _VOCABULARY_TOO_HIGH.search(str(error))
+        if too_high is None:
+            raise
+    allowed = int(too_high.group(2))
+    print(
+        f"gatesum train: warning: --tokenizer-vocab-size {config.vocab_size} is more than the "
+        f"training data allows; the tokenizer gets {allowed} pieces",
+        file=sys.stderr,
+    )
+    try:
+        return Tokenizer.train(texts(), path, allowed, config.model_type)
+    except GatesumError as error:
+        raise GatesumError(
+            f"{error} (after lowering --tokenizer-vocab-size to {allowed}; set it lower)"
+        ) from None

@@ -67,10 +67,13 @@ def add_generation_arguments(parser: argparse.ArgumentParser) -> None:
         "--max-length",
         type=int,
         default=defaults.max_length,
-        help="most summary tokens generated, EOS included",
+        help="most summary tokens generated, EOS included; never more than the document's own tokens",
     )
     parser.add_argument(
-        "--min-length", type=int, default=defaults.min_length, help="EOS is forbidden before this many tokens"
+        "--min-length",
+        type=int,
+        default=defaults.min_length,
+        help="EOS is forbidden before this many tokens (lowered to a shorter document's length)",
     )
     parser.add_argument(
         "--length-penalty",
@@ -137,19 +140,25 @@ def load_model(args: argparse.Namespace) -> Bundle:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.epilog = (
+        "Plain-text input: blank lines separate documents, so each block of non-blank lines is "
+        "summarized on its own; keep one document's paragraphs apart with single line breaks, or "
+        "give JSON Lines. JSON Lines input: one document per line, in --text-field."
+    )
     add_model_arguments(parser)
     parser.add_argument(
         "--input",
         default=None,
         metavar="FILE",
-        help="JSON Lines (.jsonl, .jsonl.gz) or plain text; default: stdin",
+        help="JSON Lines (.jsonl, .jsonl.gz) or plain text, where blank lines separate documents; "
+        "default: stdin",
     )
     parser.add_argument("--output", default=None, metavar="FILE", help="JSON Lines out; default: stdout")
     parser.add_argument(
         "--format",
         choices=("auto", "jsonl", "text"),
         default="auto",
-        help="input format; auto: JSON Lines by file name or a first line starting with {",
+        help="input format; auto: JSON Lines by file name or a first line starting with {, else text",
     )
     parser.add_argument(
         "--text-field", default="article", help="the JSON field that holds the document (JSON Lines input)"

@@ -70,6 +70,30 @@ def learning_rate_factor(step: int, warmup: int, decay: str, max_steps: int | No
     return 1.0
 
 
+def time_left(
+    step: int,
+    max_steps: int | None,
+    max_minutes: float | None,
+    minutes_used: float,
+    minutes_per_step: float | None,
+) -> str:
+    """The training time left that the progress bar shows: to --max-minutes, or at this run's pace
+    to --max-steps, whichever comes first; "-" when neither bounds the run (only --max-epochs)."""
+    estimates = []
+    if max_minutes is not None:
+        estimates.append(max(0.0, max_minutes - minutes_used))
+    if max_steps is not None and minutes_per_step is not None:
+        estimates.append(max(0, max_steps - step) * minutes_per_step)
+    return f"{min(estimates):.1f}m" if estimates else "-"
+
+
+def format_score(metric: str, score: float | None) -> str:
+    """A best score as the last line prints it: ROUGE to 2 decimals, a loss to 3."""
+    if score is None:
+        return "-"
+    return f"{score:.3f}" if metric == "loss" else f"{score:.2f}"
+
+
 class Trainer:
     def __init__(self, options: Options) -> None:
         self.options = options
@@ -135,6 +159,11 @@ class Trainer:
             checkpoint.restore(self, state)
             if self.is_main:
                 checkpoint.trim_metrics(self.output_dir / "metrics.jsonl", self.step)
+                print(
+                    f"resuming from step {self.step} of {self.output_dir}/checkpoint "
+                    f"({self.elapsed / 60:.1f} min trained so far)",
+                    flush=True,
+                )
         else:
             if config.init_from:
                 load_weights(self.model, Path(config.init_from) / WEIGHTS_FILE)
@@ -180,6 +209,7 @@ class Trainer:
         metrics = self.output_dir / "metrics.jsonl"
         writer = self._tensorboard()
         started = time.monotonic() - self.elapsed
+        session_start, session_first_step = time.monotonic(), self.step  # this run's pace, for time left
         tokens_seen, window_start, window_loss, window_steps = 0, time.monotonic(), 0.0, 0
         progress = tqdm(
             total=config.max_steps,
@@ -220,7 +250,13 @@ class Trainer:
                 progress.set_postfix(
                     loss=f"{record['loss']:.3f}",
                     tok_s=f"{record['tokens_per_s']:.0f}",
-                    left=self._time_left(started),
+                    left=time_left(
+                        self.step,
+                        config.max_steps,
+                        config.max_minutes,
+                        (now - started) / 60,
+                        (now - session_start) / 60 / (self.step - session_first_step),
+                    ),
                 )
                 self._log(metrics, record, writer)
                 tokens_seen, window_start, window_loss, window_steps = 0, now, 0.0, 0
@@ -236,7 +272,8 @@ class Trainer:
         if self.is_main:
             plot_curves(metrics, self.output_dir / "curves.png")
             print(
-                f"stopped at step {self.step} ({stop_reason}); best {config.best_metric}: {self.best_score}; "
+                f"stopped at step {self.step} ({stop_reason}); "
+                f"best {config.best_metric}: {format_score(config.best_metric, self.best_score)}; "
                 f"bundles in {self.output_dir}/best and {self.output_dir}/checkpoint"
             )
         if writer:
@@ -254,11 +291,6 @@ class Trainer:
             dist.all_reduce(flag, op=dist.ReduceOp.MAX)
             over_time = bool(flag.item())
         return over_time
-
-    def _time_left(self, started: float) -> str:
-        if self.train_config.max_minutes is None:
-            return "-"
-        return f"{max(0.0, self.train_config.max_minutes - (time.monotonic() - started) / 60):.1f}m"
 
     def _train_step(self, batch) -> tuple[float, dict]:
         config = self.train_config
@@ -341,7 +373,8 @@ class Trainer:
             width = max(map(len, rows))
             source = torch.tensor([row + [0] * (width - len(row)) for row in rows], device=self.device)
             lengths = torch.tensor([len(row) for row in rows], device=self.device)
-            output = self.model.generate(source, lengths, generation)
+            # capped like every summary (model/pipeline.py): never longer than its source
+            output = self.model.generate(source, lengths, generation.for_sources(map(len, rows)))
             predictions += [self.tokenizer.decode(ids) for ids in output.tokens]
         references = [normalize(text, self.normalizer) for text in sample["target"]]
         return {"val_loss": total / max(tokens, 1), **rouge(predictions, references)}

@@ -1,7 +1,12 @@
 """Greedy and beam search: constraints hold, beam 1 is greedy, batches don't interact."""
 
+from dataclasses import replace
+
+import pytest
 import torch
 
+from gatesum.model.bundle import load_bundle
+from gatesum.model.pipeline import encode_sources, summarize_texts
 from gatesum.model.search import GenerationConfig, banned_ngram_tokens, beam_search, greedy_search
 from gatesum.model.summarizer import Summarizer
 from tests.model.test_summarizer import tiny_config
@@ -110,3 +115,70 @@ def test_model_batch_invariance():
             assert attention.shape == (min(len(batched.tokens[i]) + 1, config.max_length), 8)
             torch.testing.assert_close(attention.sum(-1), torch.ones(attention.shape[0]))
             assert torch.all(attention[:, len(row) :] == 0)  # never attends to padding
+
+
+def test_a_summary_is_never_longer_than_its_source():
+    """Rows of one batch stop at their own source's length, however much the model wants to go on."""
+    for beam in (1, 3):
+        search = greedy_search if beam == 1 else beam_search
+        args = (random_step(beam),) if beam == 1 else (random_step(beam), reorder)
+        config = GenerationConfig(beam_size=beam, max_length=20, no_repeat_ngram_size=0)
+        uncapped = search(*args, None, 4, config, BOS, EOS, PAD, CPU).tokens
+        assert [len(row) for row in uncapped] == [20] * 4  # EOS is never the model's choice
+        alone = search(*args, None, 1, config.for_sources([5]), BOS, EOS, PAD, CPU).tokens
+        assert [len(row) for row in alone] == [5]
+        mixed = search(*args, None, 4, config.for_sources([5, 2, 9, 30]), BOS, EOS, PAD, CPU).tokens
+        assert [len(row) for row in mixed] == [5, 2, 9, 20]  # a cap above max_length changes nothing
+        if beam == 1:  # greedy stops where it would have gone on; a beam may choose another path
+            assert mixed == [row[: len(capped)] for row, capped in zip(uncapped, mixed)]
+
+
+def test_min_length_above_the_source_is_lowered_to_it():
+    for beam in (1, 3):
+        search = greedy_search if beam == 1 else beam_search
+        args = (scripted_step([EOS, 7, 8, 9]),) if beam == 1 else (scripted_step([EOS, 7, 8, 9]), reorder)
+        config = GenerationConfig(beam_size=beam, min_length=8, max_length=20, no_repeat_ngram_size=0)
+        tokens = search(*args, None, 3, config.for_sources([3, 12, 5]), BOS, EOS, PAD, CPU).tokens
+        assert [len(row) for row in tokens] == [3, 8, 5]  # EOS, the favourite, as soon as allowed
+
+
+def test_source_lengths_must_match_the_batch():
+    config = GenerationConfig(beam_size=1).for_sources([4, 4])
+    with pytest.raises(ValueError, match="2 source_lengths for a batch of 3"):
+        greedy_search(random_step(0), None, 3, config, BOS, EOS, PAD, CPU)
+    with pytest.raises(ValueError):
+        GenerationConfig(source_lengths=(3, -1))
+
+
+def test_model_summaries_are_capped_row_by_row_in_a_padded_batch():
+    torch.manual_seed(0)
+    model = Summarizer(tiny_config(vocab_size=40)).eval()
+    rows = [[5, 9, 11, 7, 8, 13, 20, 21], [6, 10, 12], [14], [15, 16, 17, 18, 19]]
+    source = torch.tensor([row + [PAD] * (8 - len(row)) for row in rows])
+    lengths = [len(row) for row in rows]
+    for beam in (1, 4):
+        config = GenerationConfig(beam_size=beam, max_length=12, min_length=10).for_sources(lengths)
+        batched = model.generate(source, torch.tensor(lengths), config)
+        assert [len(tokens) for tokens in batched.tokens] == [8, 3, 1, 5]  # min_length 10 lowered to each
+        for i, row in enumerate(rows):
+            alone = model.generate(
+                torch.tensor([row]), torch.tensor([len(row)]), replace(config, source_lengths=(len(row),))
+            )
+            assert batched.tokens[i] == alone.tokens[0]
+
+
+def test_every_entry_point_caps_by_the_source(tiny_bundle):
+    """summarize_texts (API, CLI and eval all call it): no summary has more tokens than its source."""
+    bundle = load_bundle(tiny_bundle)
+    texts = [
+        "Police said the storm hit.",
+        "The court found the report.",
+        "School won.",
+        " ".join(["City team won."] * 20),
+    ]
+    sources, _ = encode_sources(bundle, texts)
+    for beam in (1, 3):
+        config = GenerationConfig(beam_size=beam, max_length=60, min_length=60)
+        summaries = summarize_texts(bundle, texts, config, batch_size=4)
+        assert [len(summary.token_ids) for summary in summaries] == [min(len(ids), 60) for ids in sources]
+    assert min(map(len, sources)) <= 6 and max(map(len, sources)) > 60  # short ones and a long one

@@ -176,3 +176,14 @@ def test_missing_file_and_bad_bundle(gatesum, tiny_bundle: Path, tmp_path: Path,
     assert result.code == 2
     assert result.err.startswith("gatesum summarize: error: ") and result.err.count("\n") == 1, result.err
     assert expected in result.err and result.out == ""
+
+
+def test_help_says_that_blank_lines_separate_plain_text_documents(
+    gatesum, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        gatesum("summarize", "--help")
+    assert exit_info.value.code == 0
+    help_text = " ".join(capsys.readouterr().out.split())  # argparse wraps lines
+    assert "plain text, where blank lines separate documents" in help_text  # --input
+    assert "Plain-text input: blank lines separate documents" in help_text

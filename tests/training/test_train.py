@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import random
+import re
 import signal
 import subprocess
 import sys
@@ -17,6 +18,12 @@ from safetensors.torch import load_file
 
 from gatesum.cli import main
 from gatesum.model.bundle import load_bundle
+from gatesum.model.text import NormalizerConfig
+from gatesum.model.tokenizer import Tokenizer
+from gatesum.training.data import DataConfig, load_pairs
+from gatesum.training.options import TokenizerConfig
+from gatesum.training.setup import train_tokenizer
+from gatesum.training.train import format_score, time_left
 
 REPO = Path(__file__).resolve().parents[2]
 WORDS = (
@@ -239,3 +246,43 @@ def test_a_run_handed_its_tokenizer_resumes_with_the_checkpoints_copy(tmp_path):
     assert not (second / "tokenizer.model").exists()
     assert main(train_arguments(data, second, 4, "--resume")) == 0
     assert load_bundle(second / "checkpoint").card["training"]["step"] == 4
+
+
+def test_time_left_counts_down_to_max_steps_at_the_runs_pace():
+    assert time_left(10, 100, None, minutes_used=5.0, minutes_per_step=0.5) == "45.0m"
+    assert time_left(10, 100, 20.0, minutes_used=5.0, minutes_per_step=0.5) == "15.0m"  # the nearer limit
+    assert time_left(10, None, 20.0, minutes_used=25.0, minutes_per_step=0.5) == "0.0m"
+    assert time_left(10, None, None, minutes_used=5.0, minutes_per_step=0.5) == "-"  # only max_epochs
+
+
+def test_best_score_is_rounded():
+    assert format_score("rougeLsum", 3.4933255580679528) == "3.49"
+    assert format_score("loss", 4.123456) == "4.123"
+    assert format_score("rougeLsum", None) == "-"
+
+
+def test_progress_resume_and_last_line_say_where_the_run_is(tmp_path, capsys):
+    """--max-steps alone gives a time left, --resume names its step, the best score is rounded."""
+    data = write_pairs(tmp_path / "pairs.jsonl", 40)
+    output = tmp_path / "run"
+    assert main(train_arguments(data, output, 2)) == 0
+    first = capsys.readouterr()
+    assert re.search(r"left=\d+\.\dm", first.err) and "left=-" not in first.err, first.err
+    assert re.search(r"best rougeLsum: \d+\.\d\d;", first.out), first.out
+    assert "resuming" not in first.out
+    assert main(train_arguments(data, output, 4, "--resume")) == 0
+    resumed = capsys.readouterr()
+    assert resumed.out.startswith(f"resuming from step 2 of {output}/checkpoint ("), resumed.out
+    assert "stopped at step 4 (max_steps)" in resumed.out
+
+
+def test_a_vocabulary_larger_than_the_corpus_allows_is_lowered_with_a_warning(tmp_path, capsys):
+    pairs = load_pairs(DataConfig(data_files=[str(write_pairs(tmp_path / "pairs.jsonl", 30))]))
+    config = TokenizerConfig(vocab_size=16000)
+    capsys.readouterr()
+    tokenizer = train_tokenizer(config, pairs, tmp_path / "tokenizer.model", NormalizerConfig())
+    warning = capsys.readouterr().err
+    assert warning.count("\n") == 1 and "--tokenizer-vocab-size 16000" in warning, warning
+    assert warning.rstrip().endswith(f"the tokenizer gets {tokenizer.vocab_size} pieces")
+    assert 100 < tokenizer.vocab_size < 16000 and config.vocab_size == 16000  # the config is left as it was
+    assert Tokenizer.load(tmp_path / "tokenizer.model").vocab_size == tokenizer.vocab_size
