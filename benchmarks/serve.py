@@ -3,8 +3,7 @@
 Starts ``gatesum serve`` on loopback twice in one run (once with the batching flags given, once
 with ``--max-batch-size 1``), sends N ``/v1/summarize`` requests at concurrency C to each, and
 prints throughput, p50/p95 latency and the mean texts per model call (from ``/metrics``), and
-the ratio of the two throughputs. The model defaults to the bundled one, else a tiny untrained
-bundle built on the spot (its summaries never stop early: keep ``--max-length`` modest).
+the ratio of the two throughputs. The model defaults to the bundled one.
 """
 
 from __future__ import annotations
@@ -17,11 +16,12 @@ import socket
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 import httpx
+
+from gatesum.model.bundle import BUNDLED_MODEL
 
 DOCUMENT = (
     "The city council voted on Tuesday to build a new bridge across the river, ending a debate "
@@ -38,8 +38,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--model",
         type=Path,
-        default=None,
-        help="model bundle (default: the bundled model, else a tiny one built here)",
+        default=BUNDLED_MODEL,
+        help="model bundle (default: the bundled model)",
     )
     parser.add_argument("--max-batch-size", type=int, default=16, help="texts per model call when batching")
     parser.add_argument("--max-wait-ms", type=float, default=5.0, help="batching wait for company")
@@ -49,33 +49,21 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    with tempfile.TemporaryDirectory() as scratch:
-        model = args.model or _default_model(Path(scratch))
-        print(
-            f"model {model}; {args.requests} requests at concurrency {args.concurrency}, "
-            f"beam {args.beam_size}, max_length {args.max_length}"
-        )
-        results = {}
-        for name, batch_size in (("batching on", args.max_batch_size), ("batching off", 1)):
-            with _server(model, batch_size, args.max_wait_ms) as url:
-                results[name] = asyncio.run(_load(url, args))
-            _print(name, results[name])
+    model = args.model
+    print(
+        f"model {model}; {args.requests} requests at concurrency {args.concurrency}, "
+        f"beam {args.beam_size}, max_length {args.max_length}"
+    )
+    results = {}
+    for name, batch_size in (("batching on", args.max_batch_size), ("batching off", 1)):
+        with _server(model, batch_size, args.max_wait_ms) as url:
+            results[name] = asyncio.run(_load(url, args))
+        _print(name, results[name])
     ratio = results["batching on"]["throughput"] / results["batching off"]["throughput"]
     print(f"throughput ratio, on / off: {ratio:.2f}×")
     if args.json:
         Path(args.json).write_text(json.dumps({**results, "ratio": ratio}, indent=2) + "\n")
     return 0
-
-
-def _default_model(scratch: Path) -> Path:
-    from gatesum.service.settings import BUNDLED_MODEL
-
-    if BUNDLED_MODEL.is_dir():
-        return BUNDLED_MODEL
-    from gatesum.service.tiny import build_tiny_bundle
-
-    print("no bundled model: building a tiny untrained one")
-    return build_tiny_bundle(scratch / "tiny")
 
 
 class _server:

@@ -8,7 +8,7 @@ import pytest
 from gatesum.cli import main
 from gatesum.experiments.compare_cells import add_arguments, run_options
 from gatesum.model.errors import GatesumError
-from tests.training.test_train import write_pairs
+from tests.helpers import write_pairs
 
 CONFIG = """
 [model]

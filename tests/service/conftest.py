@@ -4,14 +4,10 @@ model's background load finished."""
 
 from __future__ import annotations
 
-import json
 import socket
 import threading
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -20,63 +16,18 @@ from fastapi.testclient import TestClient
 
 from gatesum.service.app import create_app
 from gatesum.service.settings import Settings
-from gatesum.service.tiny import build_tiny_bundle
-
-SOURCE_MAX_TOKENS = 200
-ARTICLE = (
-    "The city council voted on Tuesday to build a new bridge across the river. "
-    "Construction will begin next spring and take two years, the mayor said."
-)
+from tests.service.helpers import SOURCE_MAX_TOKENS, get, make_settings, serving, still_loading
 
 
 @pytest.fixture(scope="session")
-def tiny_bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """Tokenizer trained on generated sentences + a Summarizer with hidden sizes 16/32, saved."""
-    return build_tiny_bundle(tmp_path_factory.mktemp("bundle") / "tiny", source_max_tokens=SOURCE_MAX_TOKENS)
-
-
-def make_settings(model: Path, **overrides) -> Settings:
-    """Short greedy generation (an untrained model would otherwise run to max_length)."""
-    values = {"model": model, "beam_size": 1, "max_length": 8, "max_body_bytes": 1 << 20, **overrides}
-    return Settings(**values)
+def tiny_bundle(make_tiny_bundle) -> Path:
+    """The shared tiny bundle (tests/conftest.py), reading up to 200 source tokens."""
+    return make_tiny_bundle(SOURCE_MAX_TOKENS)
 
 
 @pytest.fixture
 def settings(tiny_bundle: Path) -> Settings:
     return make_settings(tiny_bundle)
-
-
-def still_loading(status: int, body: bytes) -> bool:
-    return status == 503 and json.loads(body).get("reason") == "loading"
-
-
-def wait_until_loaded(client: TestClient, timeout: float = 60) -> None:
-    """Until the background load has ended, ready or failed (/readyz stops saying "loading")."""
-    deadline = time.monotonic() + timeout
-    while True:
-        response = client.get("/readyz")
-        if not still_loading(response.status_code, response.content):
-            return
-        if time.monotonic() > deadline:
-            pytest.fail(f"the model was still loading after {timeout} s")
-        time.sleep(0.02)
-
-
-@contextmanager
-def serving(settings: Settings) -> Iterator[TestClient]:
-    """A client of an app built from ``settings``, once its model has loaded (or failed to)."""
-    with TestClient(create_app(settings)) as client:
-        wait_until_loaded(client)
-        yield client
-
-
-def get(url: str) -> tuple[int, bytes]:
-    """(status, body) of a GET; raises URLError when nothing listens."""
-    try:
-        with urllib.request.urlopen(url, timeout=5) as response:
-            return response.status, response.read()
-    except urllib.error.HTTPError as error:
-        return error.code, error.read()
 
 
 @pytest.fixture

@@ -9,7 +9,7 @@ from collections.abc import Iterator
 import pytest
 from fastapi.testclient import TestClient
 
-from tests.service.conftest import ARTICLE, make_settings, serving
+from tests.service.helpers import ARTICLE, make_settings, serving
 
 TOO_LONG = "word " * 20_001  # 100_005 characters, over the default limit of 100_000
 

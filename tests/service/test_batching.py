@@ -14,7 +14,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from gatesum.service.batching import MicroBatcher, QueueFull
-from tests.service.conftest import ARTICLE, make_settings, serving
+from tests.service.helpers import ARTICLE, make_settings, serving
 
 
 def test_32_simultaneous_requests_share_few_model_calls(tiny_bundle: Path) -> None:

@@ -8,7 +8,7 @@ from pathlib import Path
 from fastapi.testclient import TestClient
 
 from gatesum.service import state
-from tests.service.conftest import ARTICLE, SOURCE_MAX_TOKENS, make_settings, serving
+from tests.service.helpers import ARTICLE, SOURCE_MAX_TOKENS, make_settings, serving
 
 
 def test_healthz_and_readyz(client: TestClient) -> None:

@@ -22,7 +22,7 @@ import uvicorn
 
 from gatesum.service import state
 from gatesum.service.app import create_app
-from tests.service.conftest import ARTICLE, get, make_settings, serving
+from tests.service.helpers import ARTICLE, get, make_settings, serving
 
 
 def free_port() -> int:

@@ -12,7 +12,7 @@ from gatesum.model.bundle import load_bundle
 from gatesum.model.text import normalize
 from gatesum.training import summarize
 from gatesum.training.rouge import aggregate, rouge_per_document
-from tests.conftest import SOURCE_MAX_TOKENS, make_rows, write_jsonl
+from tests.helpers import SOURCE_MAX_TOKENS, make_rows, write_jsonl
 
 SENTENCES = [5, 3, 60, 45, 100, 90]  # 50, 30, 600, 450, 1000 and 900 words: two per length bucket
 
@@ -66,7 +66,7 @@ def test_eval_writes_report_json_and_markdown(
     assert settings["source_max_tokens"] == SOURCE_MAX_TOKENS
     assert settings["command"].startswith("gatesum eval --model ") and "--beam-size 2" in settings["command"]
     assert report["bundle"] == {
-        "name": "tiny",
+        "name": "tiny-untrained",
         "path": str(tiny_bundle.resolve()),
         "training": {"source_max_tokens": SOURCE_MAX_TOKENS},
     }
@@ -124,7 +124,7 @@ def test_default_output_dir_is_named_after_the_bundle(
     args = eval_args(tiny_bundle, data_file, tmp_path)
     del args[args.index("--output-dir") : args.index("--output-dir") + 2]
     assert gatesum(*args).code == 0
-    assert (tmp_path / "runs" / "eval-tiny" / "report.json").is_file()
+    assert (tmp_path / "runs" / "eval-tiny-untrained" / "report.json").is_file()
 
 
 def corrupt_bundle(tiny_bundle: Path, tmp_path: Path) -> Path:

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from gatesum.training import summarize
-from tests.conftest import make_rows, write_jsonl
+from tests.helpers import make_rows, write_jsonl
 
 FAST = ("--beam-size", "1", "--max-length", "6")
 

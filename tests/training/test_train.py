@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import random
 import re
 import signal
 import subprocess
@@ -24,25 +23,9 @@ from gatesum.training.data import DataConfig, load_pairs
 from gatesum.training.options import TokenizerConfig
 from gatesum.training.setup import train_tokenizer
 from gatesum.training.train import format_score, time_left
+from tests.helpers import write_pairs
 
 REPO = Path(__file__).resolve().parents[2]
-WORDS = (
-    "police president government city council minister court players team fans storm river "
-    "school doctors hospital company market prices election voters"
-).split()
-
-
-def write_pairs(path: Path, count: int, seed: int = 0) -> Path:
-    """Articles of random words whose summary is the article's first sentence."""
-    rng = random.Random(seed)
-    with open(path, "w", encoding="utf-8") as file:
-        for index in range(count):
-            sentences = [
-                " ".join(rng.choice(WORDS) for _ in range(rng.randint(4, 8))) + " ." for _ in range(4)
-            ]
-            record = {"id": str(index), "article": " ".join(sentences), "highlights": sentences[0]}
-            file.write(json.dumps(record) + "\n")
-    return path
 
 
 def train_arguments(data: Path, output: Path, steps: int, *extra: str) -> list[str]:
