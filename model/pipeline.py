@@ -13,12 +13,23 @@ The command line (``gatesum summarize``, ``gatesum eval``) and the REST service 
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Sequence
+from dataclasses import dataclass, fields, replace
+from pathlib import Path
+from typing import Any
 
 import torch
 from torch import Tensor
 
-from gatesum.model.bundle import Bundle
+from gatesum.model.bundle import (
+    BUNDLED_MODEL,
+    CONFIG_FILE,
+    TOKENIZER_FILE,
+    WEIGHTS_FILE,
+    Bundle,
+    load_bundle,
+)
+from gatesum.model.errors import GatesumError
 from gatesum.model.memory import gate_retention, memory_trace
 from gatesum.model.search import GenerationConfig
 from gatesum.model.text import detokenize, normalize, source_casing
@@ -119,3 +130,80 @@ def _top_forward_gates(gates: list | None, bundle: Bundle, row: int, length: int
     recurrent = bundle.model.encoder.recurrent
     top_forward = gates[(recurrent.num_layers - 1) * recurrent.num_directions]
     return {name: values[row, :length].cpu() for name, values in top_forward.items()}
+
+
+HUB_PREFIX = "hf://"
+
+
+class Pipeline:
+    """A loaded bundle, ready to summarize: what ``gatesum.load`` returns.
+
+        import gatesum
+        summarizer = gatesum.load()                      # the bundled model, on the CPU
+        summaries = summarizer.summarize(["Text one ...", "Text two ..."], beam_size=4)
+        print(summaries[0].summary)
+
+    ``summarize`` takes a ``GenerationConfig`` and/or its fields as keywords; every entry point
+    (the CLI, the REST service) decodes through the same ``summarize_texts``.
+    """
+
+    def __init__(self, bundle: Bundle) -> None:
+        self.bundle = bundle
+
+    @property
+    def name(self) -> str:
+        return self.bundle.name
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.bundle.model.parameters()).device
+
+    def summarize(
+        self,
+        texts: str | Sequence[str],
+        generation: GenerationConfig | None = None,
+        *,
+        batch_size: int = 16,
+        **settings: Any,
+    ) -> list[Summary]:
+        """Summaries of ``texts`` in order (one text: a list of one). ``settings`` are fields of
+        ``GenerationConfig`` (beam_size, max_length, ...) applied over ``generation``."""
+        if isinstance(texts, str):
+            texts = [texts]
+        generation = generation or GenerationConfig()
+        names = {field.name for field in fields(GenerationConfig)} - {"source_lengths"}  # set per batch
+        if unknown := sorted(set(settings) - names):
+            raise TypeError(f"unknown generation settings {unknown}; choose from {sorted(names)}")
+        return summarize_texts(
+            self.bundle, list(texts), replace(generation, **settings), batch_size=batch_size
+        )
+
+    def __repr__(self) -> str:
+        return f"Pipeline({self.name!r}, device={str(self.device)!r})"
+
+
+def load(model: str | Path | None = None, device: str | torch.device = "cpu") -> Pipeline:
+    """Load a model bundle for summarizing: the bundled model when ``model`` is None, a bundle
+    directory, or ``hf://owner/name[@revision]`` for a bundle published on the Hugging Face Hub
+    (downloaded once into the Hub's cache). Raises ``GatesumError`` naming what is wrong."""
+    if model is None:
+        return Pipeline(load_bundle(BUNDLED_MODEL, device))
+    if isinstance(model, str) and model.startswith(HUB_PREFIX):
+        return Pipeline(load_bundle(_download(model.removeprefix(HUB_PREFIX)), device))
+    return Pipeline(load_bundle(Path(model), device))
+
+
+def _download(repo: str) -> Path:
+    """A bundle from the Hugging Face Hub: its files (config.json, model.safetensors,
+    tokenizer.model) in the local Hub cache, fetched if missing."""
+    from huggingface_hub import snapshot_download
+    from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError
+
+    repo_id, _, revision = repo.partition("@")
+    try:
+        path = snapshot_download(
+            repo_id, revision=revision or None, allow_patterns=[CONFIG_FILE, WEIGHTS_FILE, TOKENIZER_FILE]
+        )
+    except (HfHubHTTPError, LocalEntryNotFoundError, OSError, ValueError) as error:
+        raise GatesumError(f"{HUB_PREFIX}{repo}: could not fetch the bundle from the Hub ({error})") from None
+    return Path(path)
