@@ -14,6 +14,10 @@ BENCHMARKS = {
         "gatesum.benchmarks.cells",
         "our Recurrent(LSTM) against torch.nn.LSTM: train step and inference",
     ),
+    "train": (
+        "gatesum.benchmarks.train",
+        "full training steps: the input-feeding decoder against the parallel one, additive and bilinear",
+    ),
     "serve": (
         "gatesum.benchmarks.serve",
         "the REST service under concurrent load, micro-batching on and off",

@@ -21,7 +21,10 @@ class ModelConfig:
     decoder_cell: str = "lstm"
     decoder_hidden_size: int = 256
     decoder_layers: int = 1
-    attention: str = "mlp"  # mlp (Bahdanau) | general | dot (Luong) | none
+    # Feed ~s_{t−1} into step t (Luong et al. 2015). False: the decoder LSTM reads emb(y_{t−1})
+    # only, so teacher-forced training runs it over all target positions at once (Decoder docs).
+    input_feeding: bool = True
+    attention: str = "mlp"  # mlp (Bahdanau, additive) | general (bilinear) | dot (Luong) | none
     attention_size: int = 256  # mlp only
     copy: bool = True  # pointer-generator (See et al. 2017); needs attention
     coverage: bool = False  # coverage input to attention (See et al. 2017); needs attention

@@ -1,18 +1,32 @@
-"""Decoder: one step at a time on our cells, with attention, input feeding and copy.
+"""Decoder: our cells with attention, copy and coverage; input feeding optional.
 
-One step t, given the previous token y_{t−1} and the previous attentional vector ~s_{t−1}:
+Position t, given the previous token y_{t−1} (and with input feeding the previous attentional
+vector ~s_{t−1}):
 
     s_t   = cell([emb(y_{t−1}); ~s_{t−1}], s_{t−1})        input feeding (Luong et al. 2015)
+    s_t   = cell(emb(y_{t−1}), s_{t−1})                      without it
     a_t, ctx_t = attention(s_t, encoder outputs, coverage_t)
     ~s_t  = tanh(W_o [ctx_t; s_t])                          the attentional vector
     P_vocab = softmax(V ~s_t)                               V tied to the embedding if asked
     p_gen = σ(w [ctx_t; s_t; emb(y_{t−1})])                  See et al. 2017, eq. 8
     P(w)  = p_gen P_vocab(w) + (1 − p_gen) Σ_{i: x_i = w} a_t,i
-    coverage_{t+1} = coverage_t + a_t
+    coverage_t = Σ_{k<t} a_k                                 (coverage_1 = 0)
 
 The copy term scatters attention onto the source token ids themselves. The tokenizer has
 byte fallback, so every source word has ids inside the vocabulary: no extended vocabulary
 of source-only words is needed, and the scatter never goes out of range.
+
+Inference calls ``step``, one position at a time, in both modes. Teacher-forced training
+calls ``forward`` for all T positions:
+
+* with input feeding, s_t needs ~s_{t−1}, i.e. step t−1's attention: ``forward`` steps;
+* without it, s_1..s_T depend only on the known y_0..y_{T−1}: the decoder layers run over all
+  positions in one ``Recurrent`` call (plain LSTM: the fused C++ loops the encoder uses), then
+  attention, ~s_t, p_gen and coverage for all positions as batched tensor ops, coverage as an
+  exclusive cumulative sum of a over t. Where coverage feeds the scores (w_c ≠ 0, or w_c is
+  being trained), a_t depends on coverage_t and so on every a_k before it: the attention
+  weights alone then go position by position after the parallel recurrence (exact; the
+  context and everything after it stay batched; ``Attention.with_running_coverage``).
 
 With attention "none" the decoder sees only the encoder's final state, through the bridge.
 """
@@ -29,6 +43,7 @@ from gatesum.model.attention import Attention
 from gatesum.model.cells import CELLS
 from gatesum.model.config import ModelConfig
 from gatesum.model.encoder import EncoderOutput
+from gatesum.model.recurrent import Recurrent
 
 PROBABILITY_FLOOR = 1e-12  # clamp before the log: p_gen reaching 0 or 1 must not give -inf
 
@@ -38,7 +53,7 @@ class DecoderState:
     """Everything carried from one step to the next, batch first."""
 
     layers: list  # per layer: h (B, H) or (h, C)
-    attentional: Tensor | None  # ~s_{t−1} (B, H), fed to the next input; None without attention
+    attentional: Tensor | None  # ~s_{t−1} (B, H) fed to the next input; None without input feeding
     coverage: Tensor | None  # (B, S) sum of past attention weights; None without coverage
 
     def index_select(self, index: Tensor) -> DecoderState:
@@ -58,11 +73,20 @@ class DecoderState:
 
 
 @dataclass
-class StepOutput:
+class DecoderOutput:
+    """One step (``step``: shapes as below) or all T positions (``forward``: (B, T, ...))."""
+
     attentional: Tensor  # (B, H) ~s_t, input to the output projection
     attention: Tensor | None  # (B, S) a_t
     copy_gate: Tensor | None  # (B, 1) p_gen
     coverage: Tensor | None  # (B, S) coverage before this step (for the coverage loss)
+
+
+def stack_layer_states(layers: list) -> Tensor | tuple[Tensor, Tensor]:
+    """Per layer h (B, H) or (h, C) -> ``Recurrent``'s state: (L, B, H) or a pair of them."""
+    if isinstance(layers[0], tuple):
+        return tuple(torch.stack(part) for part in zip(*layers, strict=True))
+    return torch.stack(layers)
 
 
 class Decoder(nn.Module):
@@ -73,13 +97,18 @@ class Decoder(nn.Module):
         self.dropout = nn.Dropout(config.dropout)
         H = config.decoder_hidden_size
         self.uses_attention = config.attention != "none"
-        feed_size = H if self.uses_attention else 0
-        cell_class = CELLS[config.decoder_cell]
+        self.feeds_input = config.input_feeding and self.uses_attention
         options = {"peephole": config.peephole} if config.decoder_cell == "lstm" else {}
-        self.cells = nn.ModuleList(
-            cell_class(config.embedding_size + feed_size if layer == 0 else H, H, **options)
-            for layer in range(config.decoder_layers)
-        )
+        if config.input_feeding:  # the cells stepped one at a time (parameter names as in v1 bundles)
+            input_size = config.embedding_size + (H if self.feeds_input else 0)
+            self.cells = nn.ModuleList(
+                CELLS[config.decoder_cell](input_size if layer == 0 else H, H, **options)
+                for layer in range(config.decoder_layers)
+            )
+        else:  # the same cells inside a Recurrent layer, which can also run all positions at once
+            between_layers = config.dropout if config.decoder_layers > 1 else 0.0
+            self.recurrent = Recurrent(config.decoder_cell, config.embedding_size, H, config.decoder_layers,
+                                       dropout=between_layers, **options)  # fmt: skip
         if self.uses_attention:
             self.attention = Attention(
                 config.attention, H, config.encoder_output_size, config.attention_size, config.coverage
@@ -93,6 +122,11 @@ class Decoder(nn.Module):
         else:
             self.output = nn.Linear(H, config.vocab_size)
 
+    @property
+    def layer_cells(self) -> nn.ModuleList:
+        """The decoder's cells, one per layer, bottom first."""
+        return self.cells if self.config.input_feeding else self.recurrent.cells
+
     def initial_state(
         self, encoded: EncoderOutput, layers: list, track_coverage: bool = True
     ) -> DecoderState:
@@ -100,7 +134,7 @@ class Decoder(nn.Module):
         which is exact while its weight w_c is still 0 (see ``coverage_in_use``)."""
         B = encoded.outputs.shape[0]
         H = self.config.decoder_hidden_size
-        attentional = encoded.outputs.new_zeros(B, H) if self.uses_attention else None
+        attentional = encoded.outputs.new_zeros(B, H) if self.feeds_input else None
         coverage = None
         if self.config.coverage and track_coverage:
             coverage = encoded.mask.new_zeros(encoded.mask.shape, dtype=torch.float32)
@@ -118,12 +152,12 @@ class Decoder(nn.Module):
 
     def step(
         self, previous_token: Tensor, state: DecoderState, encoded: EncoderOutput, keys: Tensor | None
-    ) -> tuple[StepOutput, DecoderState]:
+    ) -> tuple[DecoderOutput, DecoderState]:
         """previous_token (B,) -> (this step's outputs, the next state)."""
         embedded = self.dropout(self.embedding(previous_token))  # (B, E)
         layer_input = embedded if state.attentional is None else torch.cat([embedded, state.attentional], -1)
         new_layers = []
-        for layer, cell in enumerate(self.cells):
+        for layer, cell in enumerate(self.layer_cells):
             if layer > 0:
                 layer_input = self.dropout(layer_input)
             new = cell(layer_input, state.layers[layer])
@@ -131,16 +165,65 @@ class Decoder(nn.Module):
             layer_input = cell.hidden(new)
         top = layer_input  # s_t (B, H)
         if not self.uses_attention:
-            return StepOutput(top, None, None, None), DecoderState(new_layers, None, None)
+            return DecoderOutput(top, None, None, None), DecoderState(new_layers, None, None)
         weights, context = self.attention(top, keys, encoded.outputs, encoded.mask, state.coverage)
-        features = torch.cat([context, top], -1)  # (B, M + H)
-        attentional = torch.tanh(self.combine(features))  # ~s_t (B, H)
-        copy_gate = None
-        if self.config.copy:
-            copy_gate = torch.sigmoid(self.copy_gate(torch.cat([features, embedded], -1)))  # (B, 1)
+        attentional, copy_gate = self._read_out(top, context, embedded)
         coverage = state.coverage + weights if state.coverage is not None else None
-        output = StepOutput(attentional, weights, copy_gate, state.coverage)
-        return output, DecoderState(new_layers, attentional, coverage)
+        output = DecoderOutput(attentional, weights, copy_gate, state.coverage)
+        return output, DecoderState(new_layers, attentional if self.feeds_input else None, coverage)
+
+    def forward(
+        self, target_input: Tensor, state: DecoderState, encoded: EncoderOutput, keys: Tensor | None
+    ) -> DecoderOutput:
+        """Teacher forcing: target_input (B, T) = [BOS, y_1, ..] -> every position's outputs,
+        (B, T, ...), all positions at once where the mode allows (see the module docs)."""
+        if self.config.input_feeding:
+            return self.stepped(target_input, state, encoded, keys)
+        embedded = self.dropout(self.embedding(target_input))  # (B, T, E)
+        top, _ = self.recurrent(embedded, None, stack_layer_states(state.layers))  # s_1..s_T (B, T, H)
+        if not self.uses_attention:
+            return DecoderOutput(top, None, None, None)
+        coverage = state.coverage  # (B, S) or None
+        if coverage is not None and (self.coverage_in_use() or self._trains_coverage_weight()):
+            weights, context, coverage = self.attention.with_running_coverage(
+                top, keys, encoded.outputs, encoded.mask, coverage
+            )  # (B, T, S), (B, T, M), (B, T, S)
+        else:
+            # (B, T, S), (B, T, M): one bmm for general/dot, cache-sized chunks of t for mlp
+            weights, context = self.attention(top, keys, encoded.outputs, encoded.mask)
+            if coverage is not None:  # w_c = 0 and frozen: a_t does not read coverage_t
+                earlier = F.pad(weights[:, :-1].float().cumsum(1), (0, 0, 1, 0))  # Σ_{k<t} a_k (B, T, S)
+                coverage = coverage.unsqueeze(1) + earlier
+        attentional, copy_gate = self._read_out(top, context, embedded)
+        return DecoderOutput(attentional, weights, copy_gate, coverage)
+
+    def stepped(
+        self, target_input: Tensor, state: DecoderState, encoded: EncoderOutput, keys: Tensor | None
+    ) -> DecoderOutput:
+        """``forward`` by calling ``step`` once per position: (B, T) -> outputs (B, T, ...)."""
+        steps = []
+        for token in target_input.unbind(1):
+            output, state = self.step(token, state, encoded, keys)
+            steps.append(output)
+
+        def stacked(name: str) -> Tensor | None:
+            values = [getattr(output, name) for output in steps]
+            return None if values[0] is None else torch.stack(values, 1)
+
+        names = ("attentional", "attention", "copy_gate", "coverage")
+        return DecoderOutput(*(stacked(name) for name in names))
+
+    def _trains_coverage_weight(self) -> bool:
+        weight = self.attention.coverage_weight
+        return weight is not None and weight.requires_grad and torch.is_grad_enabled()
+
+    def _read_out(self, top: Tensor, context: Tensor, embedded: Tensor) -> tuple[Tensor, Tensor | None]:
+        """s_t (.., H), ctx_t (.., M), emb(y_{t−1}) (.., E) -> ~s_t (.., H), p_gen (.., 1) or None."""
+        features = torch.cat([context, top], -1)  # (.., M + H)
+        attentional = torch.tanh(self.combine(features))  # ~s_t
+        if not self.config.copy:
+            return attentional, None
+        return attentional, torch.sigmoid(self.copy_gate(torch.cat([features, embedded], -1)))
 
     def logits(self, attentional: Tensor) -> Tensor:
         """(..., H) -> vocabulary logits (..., V)."""
@@ -149,12 +232,14 @@ class Decoder(nn.Module):
             return F.linear(self.to_embedding(attentional), self.embedding.weight, self.output_bias)
         return self.output(attentional)
 
-    def log_probs(self, step: StepOutput, source: Tensor) -> Tensor:
-        """The full next-token distribution of one step, as log-probabilities (B, V)."""
-        logits = self.logits(step.attentional).float()
-        if step.copy_gate is None:
+    def log_probs(self, output: DecoderOutput, source: Tensor) -> Tensor:
+        """The full next-token distribution as log-probabilities: (B, V) for one step, (B, T, V)
+        for ``forward``'s T positions; source (B, S)."""
+        logits = self.logits(output.attentional).float()
+        if output.copy_gate is None:
             return torch.log_softmax(logits, -1)
-        p_gen = step.copy_gate.float()
-        mixed = p_gen * torch.softmax(logits, -1)  # (B, V)
-        mixed = mixed.scatter_add(1, source, (1 - p_gen) * step.attention.float())
+        p_gen = output.copy_gate.float()
+        mixed = p_gen * torch.softmax(logits, -1)  # (B, [T,] V)
+        index = source if logits.dim() == 2 else source.unsqueeze(1).expand(-1, logits.shape[1], -1)
+        mixed = mixed.scatter_add(-1, index, (1 - p_gen) * output.attention.float())
         return mixed.clamp_min(PROBABILITY_FLOOR).log()

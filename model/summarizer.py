@@ -5,6 +5,9 @@ source ids ─► Encoder (embedding + BiLSTM) ─► outputs ──────
                                                                │  attention over outputs
                                                                ▼
                                              p_gen · P_vocab + (1 − p_gen) · copy
+
+Training (``forward``) runs the decoder over all target positions under teacher forcing — at
+once when the config has no input feeding; inference (``generate``) steps one token at a time.
 """
 
 from __future__ import annotations
@@ -53,29 +56,21 @@ class Summarizer(nn.Module):
         encoded = self.encoder(source, source_lengths)
         track_coverage = weight > 0 or self.decoder.coverage_in_use()
         state = self.decoder.initial_state(encoded, self.bridge(encoded), track_coverage)
-        keys = self.decoder.keys(encoded)
-        attentional, attention, copy_gate, coverage = [], [], [], []
-        for token in target_input.unbind(1):
-            step, state = self.decoder.step(token, state, encoded, keys)
-            attentional.append(step.attentional)
-            attention.append(step.attention)
-            copy_gate.append(step.copy_gate)
-            coverage.append(step.coverage)
-        logits = self.decoder.logits(torch.stack(attentional, 1)).float()  # (B, T, V)
+        decoded = self.decoder(target_input, state, encoded, self.decoder.keys(encoded))  # (B, T, ...)
+        logits = self.decoder.logits(decoded.attentional).float()  # (B, T, V)
         target_mask = target_output != self.config.pad_id  # (B, T)
         tokens = target_mask.sum().clamp_min(1)
-        # each stacked once: the copy mixture, the coverage loss and the p_gen statistic share them
-        attention_t = torch.stack(attention, 1).float() if self.decoder.uses_attention else None  # (B, T, S)
-        copy_gate_t = torch.stack(copy_gate, 1).float() if self.config.copy else None  # (B, T, 1)
+        attention_t = decoded.attention.float() if decoded.attention is not None else None  # (B, T, S)
+        copy_gate_t = decoded.copy_gate.float() if decoded.copy_gate is not None else None  # (B, T, 1)
         if copy_gate_t is not None:
             nll = self._copy_nll(logits, copy_gate_t, attention_t, source, target_output)
         else:
             nll = F.cross_entropy(logits.transpose(1, 2), target_output, reduction="none")  # (B, T)
         nll = (nll * target_mask).sum() / tokens
         loss, stats = nll, {"nll": nll.item(), "tokens": int(tokens)}
-        if state.coverage is not None and weight > 0:
+        if decoded.coverage is not None and weight > 0:
             # See et al. eq. 12: Σ_i min(a_t,i, c_t,i), what is attended again after being covered.
-            overlap = torch.minimum(attention_t, torch.stack(coverage, 1)).sum(-1)  # (B, T)
+            overlap = torch.minimum(attention_t, decoded.coverage).sum(-1)  # (B, T)
             coverage_loss = (overlap * target_mask).sum() / tokens
             loss = loss + weight * coverage_loss
             stats["coverage_loss"] = coverage_loss.item()

@@ -67,9 +67,11 @@ def test_multiplicative_attention_learns(attention):
     assert train(model, make_batch(SOURCES, TARGETS), steps=120) < 0.05
 
 
-def test_padding_in_the_source_does_not_change_the_loss():
+@pytest.mark.parametrize("input_feeding", [True, False], ids=["input-feeding", "parallel"])
+def test_padding_in_the_source_does_not_change_the_loss(input_feeding):
     torch.manual_seed(0)
-    model = Summarizer(tiny_config(coverage=True, coverage_loss_weight=1.0)).eval()
+    config = tiny_config(coverage=True, coverage_loss_weight=1.0, input_feeding=input_feeding)
+    model = Summarizer(config).eval()
     source, lengths, target_input, target_output = make_batch(SOURCES, TARGETS)
     loss, _ = model(source, lengths, target_input, target_output)
     garbage = source.clone()
