@@ -22,6 +22,7 @@ COMMANDS: dict[str, str] = {
     "serve": "start the REST service and web page",
     "memory": "the long-document memory experiment and traces",
     "export": "copy a trained bundle into a shippable one (float16 weights)",
+    "select": "the content selector: gatesum select train (resumable)",
     "bench": "benchmarks: cells, serve",
 }
 
@@ -40,6 +41,8 @@ def _module(command: str) -> ModuleType:
         from gatesum.experiments import memory as module
     elif command == "export":
         from gatesum.training import export as module
+    elif command == "select":
+        from gatesum.training import selector as module
     else:
         import gatesum.benchmarks as module
     return module

@@ -4,6 +4,9 @@
       config.json         model, tokenizer, normalizer, data and metrics (the model card's facts)
       model.safetensors   weights (float32, or float16 for shipping; loaded as float32)
       tokenizer.model     the sentencepiece model
+      selector.safetensors  optional: a content selector's weights (model/selector.py); its
+                          settings are config.json's "selector" section. Bundles without it load
+                          as before, with ``Bundle.selector`` None.
 
 A directory is written whole or not at all: it is built under a temporary name, then swapped
 in by renames, so a crash (even ``kill -9``) at any moment leaves the previous bundle intact.
@@ -27,12 +30,14 @@ from safetensors.torch import load_file, save_file
 
 from gatesum.model.config import ModelConfig
 from gatesum.model.errors import GatesumError
+from gatesum.model.selector import ContentSelector, SelectorConfig
 from gatesum.model.summarizer import Summarizer
 from gatesum.model.text import NormalizerConfig
 from gatesum.model.tokenizer import Tokenizer
 
 FORMAT = "gatesum-bundle"
 CONFIG_FILE, WEIGHTS_FILE, TOKENIZER_FILE = "config.json", "model.safetensors", "tokenizer.model"
+SELECTOR_WEIGHTS_FILE = "selector.safetensors"
 # The model that ships with the package (package data of ``gatesum.pretrained``): the default of
 # the service, ``gatesum summarize``/``eval`` and ``gatesum.load()``.
 BUNDLED_MODEL = Path(str(resources.files("gatesum.pretrained") / "cnndm-lstm-small"))
@@ -45,6 +50,7 @@ class Bundle:
     normalizer: NormalizerConfig
     card: dict[str, Any]  # the whole config.json
     path: Path
+    selector: ContentSelector | None = None  # when the bundle has one (config.json "selector")
 
     @property
     def name(self) -> str:
@@ -97,9 +103,14 @@ def save_bundle(
     card: dict[str, Any] | None = None,
     dtype: torch.dtype = torch.float32,
     extra_files: dict[str, bytes] | None = None,
+    selector: ContentSelector | None = None,
 ) -> None:
     """Write a bundle to ``directory`` atomically. ``card`` adds facts (data, metrics, ...) to
-    config.json; ``extra_files`` are written inside the same atomic swap (training state)."""
+    config.json; ``extra_files`` are written inside the same atomic swap (training state).
+
+    ``selector`` adds a content selector (its facts from ``card["selector"]``, if any); without
+    one, a "selector" section in ``card`` is dropped, since its weights are not written.
+    """
     directory = Path(directory)
     directory.parent.mkdir(parents=True, exist_ok=True)
     built = Path(tempfile.mkdtemp(dir=directory.parent, prefix=f".{directory.name}.tmp-"))
@@ -121,6 +132,9 @@ def save_bundle(
             "normalizer": asdict(normalizer),
             "weights_dtype": str(dtype).removeprefix("torch."),
         }
+        facts = config.pop("selector", None)
+        if selector is not None:
+            config["selector"] = _write_selector(built, selector, tokenizer, facts)
         (built / CONFIG_FILE).write_text(json.dumps(config, indent=2) + "\n")
         for name, data in (extra_files or {}).items():
             (built / name).write_bytes(data)
@@ -169,7 +183,10 @@ def load_bundle(directory: str | Path, device: str | torch.device = "cpu") -> Bu
         )
     model = Summarizer(config)
     load_weights(model, directory / WEIGHTS_FILE)
-    return Bundle(model.to(device).eval(), tokenizer, normalizer, card, directory)
+    selector = load_selector(directory, card, tokenizer)
+    if selector is not None:
+        selector = selector.to(device).eval()
+    return Bundle(model.to(device).eval(), tokenizer, normalizer, card, directory, selector)
 
 
 def load_weights(model: Summarizer, path: Path) -> None:
@@ -197,3 +214,89 @@ def load_weights(model: Summarizer, path: Path) -> None:
     with torch.no_grad():
         for name, tensor in weights.items():
             expected[name].copy_(tensor)
+
+
+# --- the optional content selector ----------------------------------------------------------------
+
+
+def load_selector(directory: Path, card: dict[str, Any], tokenizer: Tokenizer) -> ContentSelector | None:
+    """The bundle's content selector (float32, train mode as built), or None when it has none.
+
+    The selector tags the summarizer's token ids, so it must have been trained with this very
+    tokenizer: the fingerprint saved beside it is checked.
+    """
+    section = card.get("selector")
+    if section is None:
+        return None
+    where = Path(directory) / CONFIG_FILE
+    try:
+        config = SelectorConfig.from_dict(section["model"])
+    except (KeyError, TypeError, ValueError) as error:
+        raise GatesumError(f"{where}: invalid selector settings ({error})") from None
+    if section.get("tokenizer_fingerprint") not in (None, tokenizer.fingerprint):
+        raise GatesumError(
+            f"{where}: the selector was trained with another tokenizer "
+            f"({section['tokenizer_fingerprint']}, the bundle's is {tokenizer.fingerprint})"
+        )
+    if config.vocab_size != tokenizer.vocab_size:
+        raise GatesumError(
+            f"{where}: the selector's vocabulary of {config.vocab_size} "
+            f"does not match the tokenizer's {tokenizer.vocab_size}"
+        )
+    selector = ContentSelector(config)
+    load_weights(selector, Path(directory) / section.get("file", SELECTOR_WEIGHTS_FILE))
+    return selector
+
+
+def save_with_selector(
+    source: Path, directory: Path, selector: ContentSelector, facts: dict[str, Any] | None = None
+) -> None:
+    """Write ``directory``: the bundle at ``source`` with ``selector`` added (or replaced).
+
+    The summarizer's files are copied unchanged; config.json gains a "selector" section (the
+    selector's settings, the tokenizer fingerprint it was trained with, and ``facts``: training
+    details, metrics). ``directory`` may be ``source`` itself. Written whole or not at all,
+    like ``save_bundle``.
+    """
+    source, directory = Path(source), Path(directory)
+    recover_directory(source)
+    card = read_card(source)
+    tokenizer = Tokenizer.load(source / TOKENIZER_FILE)
+    if selector.config.vocab_size != tokenizer.vocab_size:
+        raise GatesumError(
+            f"{source}: the selector's vocabulary of {selector.config.vocab_size} "
+            f"does not match the bundle's tokenizer ({tokenizer.vocab_size})"
+        )
+    directory.parent.mkdir(parents=True, exist_ok=True)
+    built = Path(tempfile.mkdtemp(dir=directory.parent, prefix=f".{directory.name}.tmp-"))
+    try:
+        for file in source.iterdir():
+            if file.is_file() and file.name not in (CONFIG_FILE, SELECTOR_WEIGHTS_FILE):
+                shutil.copyfile(file, built / file.name)
+        card["selector"] = _write_selector(built, selector, tokenizer, facts)
+        (built / CONFIG_FILE).write_text(json.dumps(card, indent=2) + "\n")
+        for file in built.iterdir():  # data on disk before the rename makes it visible
+            with open(file, "rb") as handle:
+                os.fsync(handle.fileno())
+            file.chmod(0o644)
+        built.chmod(0o755)
+        replace_directory(built, directory)
+    except BaseException:
+        shutil.rmtree(built, ignore_errors=True)
+        raise
+
+
+def _write_selector(
+    built: Path, selector: ContentSelector, tokenizer: Tokenizer, facts: dict[str, Any] | None
+) -> dict[str, Any]:
+    """Write selector.safetensors (float32: it is small) into ``built``; -> config.json's section."""
+    weights = {
+        name: p.detach().to("cpu", torch.float32).contiguous() for name, p in selector.named_parameters()
+    }
+    save_file(weights, str(built / SELECTOR_WEIGHTS_FILE))
+    return {
+        **(facts or {}),
+        "file": SELECTOR_WEIGHTS_FILE,
+        "model": selector.config.to_dict(),
+        "tokenizer_fingerprint": tokenizer.fingerprint,
+    }
