@@ -8,7 +8,8 @@ counts as per-row caps (``GenerationConfig.for_sources``), so a five-token input
 five summary tokens whatever ``max_length`` and ``min_length`` ask.
 
 The command line (``gatesum summarize``, ``gatesum eval``) and the REST service all call
-``summarize_texts``, so a summary is the same whichever door it came through.
+``summarize_texts``, so a summary is the same whichever door it came through; training's
+validation, which holds token ids already, calls ``summarize_ids``, the same search below it.
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ from gatesum.model.bundle import (
 from gatesum.model.errors import GatesumError
 from gatesum.model.memory import gate_retention, memory_trace
 from gatesum.model.search import GenerationConfig
+from gatesum.model.summarizer import Generation, Summarizer
 from gatesum.model.text import detokenize, normalize, source_casing
 
 DEFAULT_SOURCE_MAX_TOKENS = 400
@@ -74,21 +76,10 @@ def summarize_texts(
     generation = generation or GenerationConfig()
     sources, lengths = encode_sources(bundle, texts)
     limit = source_max_tokens(bundle)
-    device = next(bundle.model.parameters()).device
-    order = sorted(range(len(texts)), key=lambda i: len(sources[i]))
     results: list[Summary | None] = [None] * len(texts)
-    for begin in range(0, len(order), batch_size):
-        chunk = order[begin : begin + batch_size]
+    for chunk in batches_by_length(sources, batch_size):
         rows = [sources[i] for i in chunk]
-        width = max(map(len, rows))
-        source = torch.tensor(
-            [row + [bundle.model.config.pad_id] * (width - len(row)) for row in rows], device=device
-        )
-        source_lengths = torch.tensor([len(row) for row in rows], device=device)
-        capped = generation.for_sources([len(row) for row in rows])
-        output = bundle.model.generate(
-            source, source_lengths, capped, return_attention=explain, return_gates=explain
-        )
+        output = generate_batch(bundle.model, rows, generation, explain)
         for position, index in enumerate(chunk):
             token_ids = output.tokens[position]
             normalized = bundle.tokenizer.decode(token_ids)
@@ -103,6 +94,40 @@ def summarize_texts(
                 summary.memory_trace = source_memory_trace(bundle, rows[position], summary.encoder_gates)
             results[index] = summary
     return results
+
+
+@torch.no_grad()
+def summarize_ids(
+    model: Summarizer, sources: Sequence[Sequence[int]], generation: GenerationConfig, batch_size: int = 16
+) -> list[list[int]]:
+    """Summary token ids of sources already tokenized and truncated, in order: the search of
+    ``summarize_texts`` for callers that hold ids (training's validation)."""
+    results: list[list[int]] = [[] for _ in sources]
+    for chunk in batches_by_length(sources, batch_size):
+        output = generate_batch(model, [sources[i] for i in chunk], generation)
+        for position, index in enumerate(chunk):
+            results[index] = output.tokens[position]
+    return results
+
+
+def batches_by_length(sources: Sequence[Sequence[int]], batch_size: int) -> list[list[int]]:
+    """Indices of ``sources`` in batches of ``batch_size``, shortest first, so a batch pads little."""
+    order = sorted(range(len(sources)), key=lambda i: len(sources[i]))
+    return [order[begin : begin + batch_size] for begin in range(0, len(order), batch_size)]
+
+
+def generate_batch(
+    model: Summarizer, rows: Sequence[Sequence[int]], generation: GenerationConfig, explain: bool = False
+) -> Generation:
+    """One ``Summarizer.generate`` call on ``rows`` padded with the model's PAD id, each summary
+    capped at its own source's length (``GenerationConfig.for_sources``)."""
+    device = next(model.parameters()).device
+    width = max(map(len, rows))
+    pad = model.config.pad_id
+    source = torch.tensor([[*row, *[pad] * (width - len(row))] for row in rows], device=device)  # (B, S)
+    source_lengths = torch.tensor([len(row) for row in rows], device=device)  # (B,)
+    capped = generation.for_sources([len(row) for row in rows])
+    return model.generate(source, source_lengths, capped, return_attention=explain, return_gates=explain)
 
 
 def source_memory_trace(

@@ -11,7 +11,10 @@ Beam search keeps K hypotheses per example. A hypothesis that emits EOS is finis
 score freezes (its only continuation is PAD at no cost) and it keeps competing for one of
 the K places. Hypotheses are ranked by log-probability divided by the GNMT length penalty
 lp(n) = ((5 + n) / 6)^α (Wu et al. 2016); since all live candidates of a step have the same
-length, beam size 1 is greedy search.
+length, beam size 1 is greedy search. With a coverage penalty β > 0 the final ranking also
+subtracts β · Σ_i max(0, c_i − 1), where c_i is the attention source token i received over the
+hypothesis's own steps (EOS included, padding not): OpenNMT's "summary" penalty against
+re-reading one passage. Greedy search has one hypothesis to rank, so β changes nothing there.
 
 A summary is never longer than its source: ``GenerationConfig.source_lengths`` caps each
 example's summary at its own source's token count (EOS not counted), row by row inside one
@@ -21,8 +24,10 @@ with it. ``summarize_texts`` (model/pipeline.py) sets it for every batch it deco
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -30,27 +35,83 @@ from torch import Tensor
 NEG_INF = float("-inf")
 
 
-@dataclass
+def _setting(default: float, minimum: float, maximum: float, help: str) -> Any:
+    """A generation setting: its default, its bounds and its help, the one place each is written."""
+    return field(default=default, metadata={"minimum": minimum, "maximum": maximum, "help": help})
+
+
+@dataclass(frozen=True)
 class GenerationConfig:
-    beam_size: int = 4
-    max_length: int = 100  # tokens generated, EOS included
-    min_length: int = 0  # EOS is forbidden before this many tokens
-    length_penalty: float = 1.0  # GNMT α; 0 ranks by raw log-probability (favours short output)
-    no_repeat_ngram_size: int = 3  # 0 = off; 3 is the usual CNN/DailyMail setting
-    coverage_penalty: float = 0.0  # β: penalizes attending a source token more than once in all
+    """The search settings of one ``generate`` call; frozen, so it is hashable (the service's
+    micro-batch key). The command-line flags, the request schema and the service's settings
+    are all built from these fields (``GENERATION_SETTINGS``)."""
+
+    beam_size: int = _setting(4, 1, 16, "beam width; 1 is greedy search (fastest)")
+    max_length: int = _setting(
+        100, 1, 256, "most summary tokens generated, EOS included; never more than the source's own tokens"
+    )
+    min_length: int = _setting(
+        0, 0, 256, "EOS is forbidden before this many tokens (lowered to max_length or the source's length)"
+    )
+    length_penalty: float = _setting(
+        1.0, 0.0, 5.0, "GNMT length penalty α; 0 ranks beams by raw log-probability (favours short output)"
+    )
+    no_repeat_ngram_size: int = _setting(
+        3, 0, 16, "never repeat an n-gram of this size in a summary (0: off; 3: the usual CNN/DailyMail)"
+    )
+    coverage_penalty: float = _setting(
+        0.0,
+        0.0,
+        5.0,
+        "β, beam search only: a finished beam loses β × the attention its source tokens received "
+        "beyond 1 in all, so beams that re-read one passage rank lower (0: off)",
+    )
     # per example, in batch order: its source's token count, the most summary tokens it may get
-    # (EOS not counted); None: no cap. Set with ``for_sources``.
+    # (EOS not counted); None: no cap. Set per batch with ``for_sources``, never by a user.
     source_lengths: tuple[int, ...] | None = None
 
     def __post_init__(self) -> None:
-        if self.beam_size < 1 or self.max_length < 1 or self.min_length < 0:
-            raise ValueError("beam_size and max_length must be ≥ 1 and min_length ≥ 0")
+        for setting in GENERATION_SETTINGS:
+            value = getattr(self, setting.name)
+            problem = setting.problem(value)
+            if problem:
+                raise ValueError(f"{setting.name} {problem}")
+            if setting.kind is float:
+                object.__setattr__(self, setting.name, float(value))
         if self.source_lengths is not None and min(self.source_lengths, default=0) < 0:
             raise ValueError("source_lengths must be ≥ 0")
 
     def for_sources(self, source_lengths: Sequence[int]) -> GenerationConfig:
         """A copy whose summaries are capped by these sources' token counts, one per example."""
         return replace(self, source_lengths=tuple(int(length) for length in source_lengths))
+
+
+@dataclass(frozen=True)
+class GenerationSetting:
+    """One user-facing field of ``GenerationConfig``, as flags, schemas and settings need it."""
+
+    name: str
+    kind: type  # int or float
+    default: float
+    minimum: float
+    maximum: float
+    help: str
+
+    def problem(self, value: object) -> str | None:
+        """Why ``value`` is not allowed (a phrase to follow the setting's name), or None."""
+        kinds = (int,) if self.kind is int else (int, float)
+        if isinstance(value, bool) or not isinstance(value, kinds):
+            return "must be a whole number" if self.kind is int else "must be a number"
+        if not self.minimum <= value <= self.maximum:
+            return f"must be between {self.minimum} and {self.maximum}, not {value}"
+        return None
+
+
+GENERATION_SETTINGS: tuple[GenerationSetting, ...] = tuple(
+    GenerationSetting(item.name, {"int": int, "float": float}[item.type], item.default, **item.metadata)
+    for item in dataclasses.fields(GenerationConfig)
+    if "help" in item.metadata
+)
 
 
 @dataclass
@@ -219,12 +280,15 @@ def beam_search(
         new_tokens = (best % V).view(N)
         scores = candidates.view(B, K * V).gather(1, best)
         lengths = candidate_lengths.view(N)[rows].view(B, K)
-        finished = finished.view(N)[rows].view(B, K) | (new_tokens == eos).view(B, K)
+        was_finished = finished.view(N)[rows]  # (N,) ended before this step: this step's token is PAD
+        finished = was_finished.view(B, K) | (new_tokens == eos).view(B, K)
         tokens = torch.cat([tokens[rows], new_tokens.unsqueeze(1)], 1)
         state = reorder(state, rows)
         if attention is not None and (config.coverage_penalty > 0 or return_attention):
             attention = attention.float()[rows]
-            coverage = attention if coverage is None else coverage[rows] + attention
+            # a finished hypothesis reads nothing more: its PAD steps' attention is not coverage
+            spent = attention.masked_fill(was_finished.unsqueeze(1), 0.0)
+            coverage = spent if coverage is None else coverage[rows] + spent
             if return_attention:
                 step_attention = attention.unsqueeze(1)
                 history = step_attention if history is None else torch.cat([history[rows], step_attention], 1)

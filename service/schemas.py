@@ -8,8 +8,9 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, create_model, model_validator
 
+from gatesum.model.search import GENERATION_SETTINGS
 from gatesum.service.settings import get_settings
 
 _limits = get_settings()
@@ -29,29 +30,51 @@ def _not_blank(text: str) -> str:
 Text = Annotated[str, Field(min_length=1, max_length=_limits.max_text_chars), AfterValidator(_not_blank)]
 
 
-class GenerationOptions(BaseModel):
-    """Search settings; a field left out takes the service's default."""
+def _generation_fields() -> dict[str, Any]:
+    """One optional request field per ``GenerationConfig`` setting, with its bounds and help.
+    Strict: ``true`` or ``"4"`` is not a beam size."""
+    return {
+        setting.name: (
+            setting.kind | None,
+            Field(None, strict=True, ge=setting.minimum, le=setting.maximum, description=setting.help),
+        )
+        for setting in GENERATION_SETTINGS
+    }
 
+
+# what every request says of its search settings (OpenAPI: each request's description)
+GENERATION_RULES = (
+    "Search settings are optional: one left out takes the service's default. "
+    "When both are given, min_length must not exceed max_length."
+)
+
+
+class _LengthsOrdered(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    max_length: int | None = Field(None, ge=1, le=256, description="summary tokens, at most")
-    min_length: int | None = Field(None, ge=0, le=256, description="summary tokens, at least")
-    beam_size: int | None = Field(None, ge=1, le=16, description="1 = greedy search")
-    length_penalty: float | None = Field(None, ge=0, le=5, description="GNMT α; higher favours longer")
-    no_repeat_ngram_size: int | None = Field(None, ge=0, le=16, description="0 = allow repeats")
-
     @model_validator(mode="after")
-    def _lengths_ordered(self) -> GenerationOptions:
-        if self.min_length is not None and self.max_length is not None and self.min_length > self.max_length:
+    def _lengths_ordered(self) -> _LengthsOrdered:
+        min_length, max_length = getattr(self, "min_length", None), getattr(self, "max_length", None)
+        if min_length is not None and max_length is not None and min_length > max_length:
             raise ValueError("min_length must not exceed max_length")
         return self
+
+
+# the search settings of a request: GenerationConfig's fields, each optional
+GenerationOptions = create_model(
+    "GenerationOptions", __base__=_LengthsOrdered, __doc__=GENERATION_RULES, **_generation_fields()
+)
 
 
 class SummarizeRequest(GenerationOptions):
     text: Text
 
     model_config = ConfigDict(
-        extra="forbid", json_schema_extra={"examples": [{"text": EXAMPLE_TEXT, "beam_size": 4}]}
+        extra="forbid",
+        json_schema_extra={
+            "description": f"One text to summarize. {GENERATION_RULES}",
+            "examples": [{"text": EXAMPLE_TEXT, "beam_size": 4}],
+        },
     )
 
 
@@ -60,7 +83,10 @@ class BatchRequest(GenerationOptions):
 
     model_config = ConfigDict(
         extra="forbid",
-        json_schema_extra={"examples": [{"texts": [EXAMPLE_TEXT, "Another document to summarize."]}]},
+        json_schema_extra={
+            "description": f"Texts summarized with the same settings. {GENERATION_RULES}",
+            "examples": [{"texts": [EXAMPLE_TEXT, "Another document to summarize."]}],
+        },
     )
 
 

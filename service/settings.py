@@ -17,20 +17,38 @@ from __future__ import annotations
 
 from functools import lru_cache
 from pathlib import Path
+from typing import Any
 
-from pydantic import Field
+from pydantic import Field, create_model
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from gatesum.model.bundle import BUNDLED_MODEL
+from gatesum.model.search import GENERATION_SETTINGS, GenerationConfig
 
 
-class Settings(BaseSettings):
+def _generation_fields() -> dict[str, Any]:
+    """The defaults of a request that does not set them: ``GenerationConfig``'s own defaults and
+    bounds (``GATESUM_BEAM_SIZE``, ``GATESUM_MAX_LENGTH``, ... change them)."""
+    return {
+        setting.name: (
+            setting.kind,
+            Field(setting.default, ge=setting.minimum, le=setting.maximum, description=setting.help),
+        )
+        for setting in GENERATION_SETTINGS
+    }
+
+
+# the generation defaults as settings fields; Settings adds the rest
+GenerationSettings = create_model("GenerationSettings", __base__=BaseSettings, **_generation_fields())
+
+
+class Settings(GenerationSettings):
     """Defaults suit one CPU replica; ``GATESUM_MODEL=/path`` serves another bundle."""
 
     model_config = SettingsConfigDict(env_prefix="GATESUM_", protected_namespaces=())
 
     model: Path = Field(BUNDLED_MODEL, description="model bundle directory")
-    device: str = Field("cpu", description="torch device for the model: cpu, cuda, cuda:1 ...")
+    device: str = Field("cpu", description="torch device: cpu, cuda, cuda:N, mps or auto (CUDA, MPS, CPU)")
     host: str = "127.0.0.1"
     port: int = Field(8000, ge=1, le=65535)
     torch_threads: int = Field(0, ge=0, description="torch intra-op threads; 0 = torch's default")
@@ -49,12 +67,12 @@ class Settings(BaseSettings):
         1, ge=0, description="Retry-After of a 503 when the queue is full or the model is loading"
     )
 
-    # generation defaults for a request that does not set them
-    beam_size: int = Field(4, ge=1, le=16)
-    max_length: int = Field(100, ge=1, le=256)
-    min_length: int = Field(0, ge=0, le=256)
-    length_penalty: float = Field(1.0, ge=0, le=5)
-    no_repeat_ngram_size: int = Field(3, ge=0, le=16)
+    # The generation defaults (beam_size, max_length, ...) are fields of GenerationSettings above.
+
+    @property
+    def generation(self) -> GenerationConfig:
+        """The search settings of a request that sets none."""
+        return GenerationConfig(**{item.name: getattr(self, item.name) for item in GENERATION_SETTINGS})
 
 
 @lru_cache

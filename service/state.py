@@ -9,16 +9,17 @@ Retry-After. A load that fails logs its cause at ERROR and leaves /readyz at 503
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import logging
 import threading
 import time
+from dataclasses import dataclass, replace
 from typing import Annotated
 
 import torch
 from fastapi import Depends, HTTPException, Request
 
 from gatesum.model.bundle import Bundle, load_bundle
+from gatesum.model.devices import resolve_device
 from gatesum.model.errors import GatesumError
 from gatesum.model.kernels import kernels_enabled, lstm_ops
 from gatesum.model.pipeline import Summary, summarize_texts
@@ -30,8 +31,14 @@ from gatesum.service.settings import Settings
 
 log = logging.getLogger("gatesum.service")
 LOADING = "loading"  # the reason /readyz gives while the model loads
-# a micro-batch group: GenerationConfig as a tuple (hashable) and whether to explain
-BatchKey = tuple[tuple, bool]
+
+
+@dataclass(frozen=True)
+class BatchKey:
+    """A micro-batch group: texts that share it go through one model call."""
+
+    generation: GenerationConfig  # frozen, so hashable as it is
+    explain: bool
 
 
 class ModelService:
@@ -56,8 +63,10 @@ class ModelService:
         started = time.perf_counter()
         try:
             bundle = self._load()
-        except GatesumError as error:
-            self.reason = f"{error} (set GATESUM_MODEL to a model bundle directory)"
+        except GatesumError as error:  # a missing or corrupt bundle, or a device this machine lacks
+            self.reason = str(error)  # a device error names GATESUM_DEVICE itself
+            if not self.reason.startswith("GATESUM_DEVICE"):
+                self.reason += " (set GATESUM_MODEL to a model bundle directory)"
             log.error("startup: the model could not be loaded: %s", self.reason)
         except Exception as error:  # a broken device, out of memory...: logged whole, told briefly
             self.reason = f"loading {self.settings.model} failed: {type(error).__name__}"
@@ -74,9 +83,10 @@ class ModelService:
         if self.settings.torch_threads:
             torch.set_num_threads(self.settings.torch_threads)
         started = time.perf_counter()
-        bundle = load_bundle(self.settings.model, self.settings.device)
+        device = resolve_device(self.settings.device, "GATESUM_DEVICE")
+        bundle = load_bundle(self.settings.model, device)
         log.info("startup: model bundle %s loaded in %.2f s", bundle.path, time.perf_counter() - started)
-        if torch.device(self.settings.device).type == "cpu":  # our compiled loops are CPU code
+        if device.type == "cpu":  # our compiled loops are CPU code
             self._build_loops()
         return bundle
 
@@ -104,23 +114,21 @@ class ModelService:
 
     def generation(self, options: GenerationOptions) -> GenerationConfig:
         """The request's search settings over the service's defaults."""
-        names = set(GenerationOptions.model_fields)
-        values = {name: getattr(self.settings, name) for name in names}
-        values.update(options.model_dump(include=names, exclude_none=True))
-        values["min_length"] = min(values["min_length"], values["max_length"])  # a default min, asked max
-        return GenerationConfig(**values)
+        asked = options.model_dump(include=set(GenerationOptions.model_fields), exclude_none=True)
+        generation = replace(self.settings.generation, **asked)
+        # a default min_length above an asked max_length: the max wins (the schema refuses both asked)
+        return replace(generation, min_length=min(generation.min_length, generation.max_length))
 
     async def summarize(
         self, texts: list[str], options: GenerationOptions, explain: bool = False
     ) -> list[Summary]:
         """Summaries through the micro-batcher; TimeoutError past the request timeout."""
-        key: BatchKey = (dataclasses.astuple(self.generation(options)), explain)
+        key = BatchKey(self.generation(options), explain)
         return await asyncio.wait_for(self.batcher.submit(texts, key), self.settings.request_timeout_s)
 
     def _run_batch(self, texts: list[str], key: BatchKey) -> list[Summary]:
         """One model call (on the batcher's thread)."""
-        generation, explain = GenerationConfig(*key[0]), key[1]
-        return summarize_texts(self.bundle, texts, generation, batch_size=len(texts), explain=explain)
+        return summarize_texts(self.bundle, texts, key.generation, batch_size=len(texts), explain=key.explain)
 
 
 def get_service(request: Request) -> ModelService:

@@ -1,85 +1,85 @@
 """Resumable training state: what a bundle does not hold, in ``checkpoint/trainer_state.pt``.
 
-Optimizer and scheduler state, the step, the data position, the best score so far and every
-random generator's state, so that ``--resume`` with the same seed reaches the same weights at
-step N as a run that never stopped. The file is written inside the checkpoint bundle's atomic
-swap and read with ``weights_only=True``: tensors and plain containers, no pickled objects.
+``TrainerState`` holds the step, the training time, the best score so far, the data position,
+the optimizer's and scheduler's state and every random generator's state, so that ``--resume``
+with the same seed reaches the same weights at step N as a run that never stopped. The trainer
+builds it and restores itself from it (``Trainer.state_dict`` / ``Trainer.load_state_dict``);
+this module writes and reads the file. It is written inside the checkpoint bundle's atomic swap
+and read with ``weights_only=True``: tensors and plain containers, no pickled objects.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import json
 import random
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from gatesum.model.bundle import WEIGHTS_FILE, load_weights, recover_directory, write_atomically
+from gatesum.model.bundle import recover_directory, write_atomically
 from gatesum.model.errors import GatesumError
 
 STATE_FILE = "trainer_state.pt"
 
 
-def trainer_state(trainer) -> bytes:
-    state = {
-        "step": trainer.step,
-        "elapsed": trainer.elapsed,
-        "best_score": trainer.best_score,
-        "stale_validations": trainer.stale_validations,
-        "sampler": trainer.sampler.state_dict(),
-        "optimizer": trainer.optimizer.state_dict(),
-        "scheduler": trainer.scheduler.state_dict(),
-        "rng": {
-            "torch": torch.get_rng_state(),
-            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
-            "python": _python_rng_state(),
-        },
-        "model_config": trainer.model.config.to_dict(),
-    }
-    buffer = io.BytesIO()
-    torch.save(state, buffer)
-    return buffer.getvalue()
+@dataclass
+class TrainerState:
+    step: int  # optimizer steps taken
+    elapsed: float  # seconds trained, over every session of the run
+    best_score: float | None  # the best validation score so far (None before the first)
+    stale_validations: int  # validations since the best one (early stopping counts them)
+    sampler: dict[str, Any]  # the data position: TokenBatchSampler.state_dict()
+    optimizer: dict[str, Any]
+    scheduler: dict[str, Any]
+    rng: dict[str, Any]  # capture_rng()
+    model_config: dict[str, Any]  # the architecture trained: a resumed run must have the same
+
+    def to_bytes(self) -> bytes:
+        buffer = io.BytesIO()
+        torch.save({item.name: getattr(self, item.name) for item in dataclasses.fields(self)}, buffer)
+        return buffer.getvalue()
 
 
-def load_trainer_state(output_dir: Path) -> dict[str, Any]:
+def load_trainer_state(output_dir: Path) -> TrainerState:
+    """The state saved in ``output_dir/checkpoint``; GatesumError when it is missing or unreadable."""
     directory = Path(output_dir) / "checkpoint"
     recover_directory(directory)
     path = directory / STATE_FILE
     if not path.exists():
         raise GatesumError(f"{path}: no checkpoint to resume from (train without --resume first)")
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        saved = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:  # torch raises several types for a truncated or foreign file
         raise GatesumError(
             f"{path}: unreadable training state ({type(error).__name__}); the checkpoint is corrupt"
         ) from None
+    names = [item.name for item in dataclasses.fields(TrainerState)]
+    missing = [name for name in names if name not in saved] if isinstance(saved, dict) else names
+    if missing:
+        raise GatesumError(f"{path}: not a training state of this version (no {', '.join(missing)})")
+    return TrainerState(**{name: saved[name] for name in names})
 
 
-def restore(trainer, state: dict[str, Any]) -> None:
-    """Put the trainer back where the checkpoint was taken."""
-    if state["model_config"] != trainer.model.config.to_dict():
-        raise GatesumError(
-            "--resume: the model settings differ from the checkpoint's; "
-            "use the same config, or a new --output-dir"
-        )
-    load_weights(trainer.model, trainer.output_dir / "checkpoint" / WEIGHTS_FILE)
-    trainer.optimizer.load_state_dict(state["optimizer"])
-    trainer.scheduler.load_state_dict(state["scheduler"])
-    trainer.sampler.load_state_dict(state["sampler"])
-    trainer.step, trainer.elapsed = state["step"], state["elapsed"]
-    trainer.best_score, trainer.stale_validations = state["best_score"], state["stale_validations"]
-    torch.set_rng_state(state["rng"]["torch"])
-    if state["rng"]["cuda"] and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["rng"]["cuda"])
-    version, internal, gauss = state["rng"]["python"]
-    random.setstate((version, tuple(internal), gauss))
-
-
-def _python_rng_state() -> tuple:
+def capture_rng() -> dict[str, Any]:
+    """Every random generator's state: torch's, CUDA's and Python's."""
     version, internal, gauss = random.getstate()
-    return version, list(internal), gauss
+    return {
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+        "python": (version, list(internal), gauss),
+    }
+
+
+def restore_rng(state: dict[str, Any]) -> None:
+    torch.set_rng_state(state["torch"])
+    if state["cuda"] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+    version, internal, gauss = state["python"]
+    random.setstate((version, tuple(internal), gauss))
 
 
 def trim_metrics(path: Path, step: int) -> None:

@@ -259,7 +259,8 @@ def render_markdown(report: dict[str, Any]) -> str:
         f"Data: {', '.join(settings['data_files'])} (split {settings['split']}). "
         f"Beam {generation['beam_size']}, {generation['min_length']}–{generation['max_length']} tokens, "
         f"length penalty {generation['length_penalty']}, "
-        f"no-repeat n-gram {generation['no_repeat_ngram_size']}.",
+        f"no-repeat n-gram {generation['no_repeat_ngram_size']}, "
+        f"coverage penalty {generation['coverage_penalty']}.",
         "",
         f"| system | {header} |",
         "|---|" + "---:|" * len(METRICS),

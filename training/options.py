@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import sys
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -60,7 +61,7 @@ class TrainConfig:
     validation_files: list[str] = option([], "validation pairs; default: a {split} pattern, else hold out")
     validation_size: int = option(500, "pairs held out of the training data when there is no validation file")
     coverage_from_step: int | None = option(None, "turn the coverage loss on from this step (See et al.)")
-    coverage_weight: float = option(1.0, "λ of the coverage loss once it is on")
+    coverage_loss_weight: float = option(1.0, "λ of the coverage loss once it is on (was coverage_weight)")
     tensorboard: bool = option(False, "also write TensorBoard events to output_dir/tensorboard")
     resume: bool = option(False, "continue from output_dir/checkpoint (same seed: same weights as no stop)")
     init_from: str | None = option(
@@ -76,12 +77,18 @@ SECTIONS: dict[str, type] = {
 }
 
 
+# old [train] names still read, with a warning: old name -> new name
+RENAMED = {"coverage_weight": "coverage_loss_weight"}
+
+
 @dataclass
 class Options:
     model: ModelConfig
     data: DataConfig
     tokenizer: TokenizerConfig
     train: TrainConfig
+    # the --model KEY=VALUE settings given on the command line, parsed (--init-from checks them)
+    model_flags: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         return {name: dataclasses.asdict(getattr(self, name)) for name in SECTIONS}
@@ -107,6 +114,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
             flag = "--" + ("tokenizer-" if section == "tokenizer" else "") + item.name.replace("_", "-")
             help_text = item.metadata.get("help", _comment_help(section, item.name))
             _add_flag(group, flag, section, item, hints[item.name], help_text)
+    train_hints = typing.get_type_hints(TrainConfig)
+    for old, new in RENAMED.items():  # the old flags still work, unlisted
+        flag, kind = "--" + old.replace("_", "-"), _base_type(train_hints[new])
+        parser.add_argument(flag, dest=f"train.{old}", type=kind, help=argparse.SUPPRESS)
 
 
 def _add_flag(group, flag: str, section: str, item: dataclasses.Field, hint, help_text: str) -> None:
@@ -172,11 +183,14 @@ def load_options(args: argparse.Namespace) -> Options:
     for dest, value in given.items():
         section, key = dest.split(".", 1)
         tables[section][key] = value
+    model_flags = {}
     for assignment in args.model:
         key, separator, value = assignment.partition("=")
         if not separator:
             raise GatesumError(f"--model {assignment!r}: expected KEY=VALUE")
-        tables["model"][key.strip()] = _parse_value(value)
+        model_flags[key.strip()] = _parse_value(value)
+    tables["model"].update(model_flags)
+    _rename_deprecated(tables["train"])
     built = {}
     for name, cls in SECTIONS.items():
         known = {f.name for f in dataclasses.fields(cls)}
@@ -187,7 +201,19 @@ def load_options(args: argparse.Namespace) -> Options:
             built[name] = cls(**tables[name])
         except (TypeError, ValueError) as error:
             raise GatesumError(f"[{name}]: {error}") from None
-    return Options(**built)
+    return Options(**built, model_flags=model_flags)
+
+
+def _rename_deprecated(train: dict[str, Any]) -> None:
+    """Move old [train] names to their new ones, with a one-line warning each."""
+    for old, new in RENAMED.items():
+        if old not in train:
+            continue
+        if new in train:
+            raise GatesumError(f"[train]: both {old} and {new} are set; {old} is the old name of {new}")
+        print(f"gatesum train: warning: [train] {old} (--{old.replace('_', '-')}) is deprecated; "
+              f"call it {new} (--{new.replace('_', '-')})", file=sys.stderr)  # fmt: skip
+        train[new] = train.pop(old)
 
 
 def _parse_value(text: str) -> Any:

@@ -31,13 +31,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
-import torch
 from tqdm import tqdm
 
 from gatesum.model.bundle import BUNDLED_MODEL, Bundle, load_bundle
+from gatesum.model.devices import resolve_device
 from gatesum.model.errors import GatesumError
 from gatesum.model.pipeline import Summary, summarize_texts
-from gatesum.model.search import GenerationConfig
+from gatesum.model.search import GENERATION_SETTINGS, GenerationConfig
 
 CHUNK_DOCUMENTS = 64  # documents per summarize_texts call: the unit of progress and of flushing
 STDIN = "<stdin>"
@@ -59,34 +59,15 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def add_generation_arguments(parser: argparse.ArgumentParser) -> None:
-    defaults = GenerationConfig()
-    parser.add_argument(
-        "--beam-size", type=int, default=defaults.beam_size, help="beam width; 1 is greedy search (fastest)"
-    )
-    parser.add_argument(
-        "--max-length",
-        type=int,
-        default=defaults.max_length,
-        help="most summary tokens generated, EOS included; never more than the document's own tokens",
-    )
-    parser.add_argument(
-        "--min-length",
-        type=int,
-        default=defaults.min_length,
-        help="EOS is forbidden before this many tokens (lowered to a shorter document's length)",
-    )
-    parser.add_argument(
-        "--length-penalty",
-        type=float,
-        default=defaults.length_penalty,
-        help="GNMT length penalty α; 0 ranks beams by raw log-probability (short output)",
-    )
-    parser.add_argument(
-        "--no-repeat-ngram-size",
-        type=int,
-        default=defaults.no_repeat_ngram_size,
-        help="never repeat an n-gram of this size in a summary (0: off)",
-    )
+    """One flag per ``GenerationConfig`` setting (its default, bounds and help), and --batch-size."""
+    for setting in GENERATION_SETTINGS:
+        parser.add_argument(
+            "--" + setting.name.replace("_", "-"),
+            type=setting.kind,
+            default=setting.default,
+            metavar="N" if setting.kind is int else "X",
+            help=f"{setting.help} [{setting.minimum}–{setting.maximum}, default %(default)s]",
+        )
     parser.add_argument(
         "--batch-size",
         type=int,
@@ -96,37 +77,14 @@ def add_generation_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def generation_config(args: argparse.Namespace) -> GenerationConfig:
-    """The search settings of the flags; GatesumError for impossible values."""
+    """The search settings of the flags; GatesumError naming the flag for an impossible value."""
     if args.batch_size < 1:
         raise GatesumError(f"--batch-size must be ≥ 1, not {args.batch_size}")
-    if args.no_repeat_ngram_size < 0:
-        raise GatesumError(f"--no-repeat-ngram-size must be ≥ 0, not {args.no_repeat_ngram_size}")
-    try:
-        return GenerationConfig(
-            beam_size=args.beam_size,
-            max_length=args.max_length,
-            min_length=args.min_length,
-            length_penalty=args.length_penalty,
-            no_repeat_ngram_size=args.no_repeat_ngram_size,
-        )
-    except ValueError as error:
-        raise GatesumError(f"generation settings: {error}") from None
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        if torch.cuda.is_available():
-            return torch.device("cuda")
-        if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
-            return torch.device("mps")
-        return torch.device("cpu")
-    try:
-        device = torch.device(name)
-    except RuntimeError as error:
-        raise GatesumError(f"--device {name!r}: {error}") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise GatesumError(f"--device {name}: no CUDA device is available")
-    return device
+    for setting in GENERATION_SETTINGS:
+        problem = setting.problem(getattr(args, setting.name))
+        if problem:
+            raise GatesumError(f"--{setting.name.replace('_', '-')} {problem}")
+    return GenerationConfig(**{setting.name: getattr(args, setting.name) for setting in GENERATION_SETTINGS})
 
 
 def load_model(args: argparse.Namespace) -> Bundle:

@@ -18,7 +18,9 @@ import os
 import random
 import time
 from contextlib import nullcontext
+from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import torch
 import torch.distributed as dist
@@ -26,11 +28,14 @@ from tqdm import tqdm
 
 from gatesum.model.bundle import TOKENIZER_FILE, WEIGHTS_FILE, load_weights, read_card, save_bundle
 from gatesum.model.config import ModelConfig
+from gatesum.model.devices import resolve_device
 from gatesum.model.errors import GatesumError
-from gatesum.model.search import GenerationConfig
+from gatesum.model.pipeline import summarize_ids
+from gatesum.model.search import GENERATION_SETTINGS, GenerationConfig
 from gatesum.model.summarizer import Summarizer
 from gatesum.model.text import NormalizerConfig, normalize
 from gatesum.training import checkpoint
+from gatesum.training.checkpoint import TrainerState
 from gatesum.training.data import TokenBatchSampler, collate, load_pairs, tokenize_pairs
 from gatesum.training.options import Options, load_options
 from gatesum.training.options import add_arguments as add_option_arguments
@@ -49,14 +54,28 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def pick_device(name: str) -> torch.device:
-    if name != "auto":
-        return torch.device(name)
-    if torch.cuda.is_available():
-        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
-    if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
-        return torch.device("mps")
-    return torch.device("cpu")
+# --model settings that may differ from an --init-from bundle's: its weights do not fix them
+FINE_TUNABLE = ("dropout",)
+VALIDATION_BATCH_SIZE = 32  # documents decoded together for the validation ROUGE
+
+
+def fine_tuning_config(
+    bundle_config: ModelConfig, model_flags: dict[str, Any], init_from: str
+) -> ModelConfig:
+    """The bundle's model settings with the --model flags that can change on its weights
+    (``FINE_TUNABLE``); GatesumError for a flag that contradicts the bundle's architecture."""
+    changes = {}
+    for key, value in model_flags.items():
+        bundle_value = getattr(bundle_config, key)
+        if key in FINE_TUNABLE:
+            changes[key] = value
+        elif value != bundle_value:
+            raise GatesumError(
+                f"--model {key}={value} conflicts with --init-from {init_from}, whose {key} is "
+                f"{bundle_value}: fine-tuning keeps the bundle's architecture "
+                f"(only {', '.join(FINE_TUNABLE)} can change)"
+            )
+    return replace(bundle_config, **changes)
 
 
 def learning_rate_factor(step: int, warmup: int, decay: str, max_steps: int | None) -> float:
@@ -104,7 +123,7 @@ class Trainer:
         self.rank = dist.get_rank() if self.distributed else 0
         self.world_size = dist.get_world_size() if self.distributed else 1
         self.is_main = self.rank == 0
-        self.device = pick_device(self.train_config.device)
+        self.device = resolve_device(self.train_config.device)
         if self.device.type == "cuda":
             torch.cuda.set_device(self.device)
         if self.train_config.threads:
@@ -115,22 +134,25 @@ class Trainer:
     # --- setup -----------------------------------------------------------------------------------
 
     def _prepare(self) -> None:
-        options, config = self.options, self.train_config
-        self.output_dir.mkdir(parents=True, exist_ok=True)
+        config = self.train_config
         if not config.resume and (self.output_dir / "checkpoint").exists():
             raise GatesumError(
                 f"{self.output_dir}/checkpoint exists: pass --resume to continue that run, "
                 "or choose another --output-dir"
             )  # never overwrite a run by accident
         state = checkpoint.load_trainer_state(self.output_dir) if config.resume else None
+        # The options as this run resolves them, in copies: the Options handed in stay as they were.
+        model_config, tokenizer_config, data = self.options.model, self.options.tokenizer, self.options.data
         if config.init_from and state is None:  # fine-tune: the bundle decides vocabulary and architecture
             card = read_card(Path(config.init_from))
-            options.tokenizer.path = str(Path(config.init_from) / TOKENIZER_FILE)
-            options.model = ModelConfig.from_dict(card["model"])
-        pairs = load_pairs(options.data)
-        pairs, validation = validation_pairs(pairs, options.data, config)
+            tokenizer_config = replace(tokenizer_config, path=str(Path(config.init_from) / TOKENIZER_FILE))
+            bundle_config = ModelConfig.from_dict(card["model"])
+            model_config = fine_tuning_config(bundle_config, self.options.model_flags, config.init_from)
+        self.output_dir.mkdir(parents=True, exist_ok=True)
+        pairs = load_pairs(data)
+        pairs, validation = validation_pairs(pairs, data, config)
         self.tokenizer = prepare_tokenizer(
-            options.tokenizer,
+            tokenizer_config,
             pairs,
             self.output_dir,
             self.normalizer,
@@ -138,17 +160,18 @@ class Trainer:
             self.distributed,
             resume=state is not None,
         )
-        options.model.vocab_size = self.tokenizer.vocab_size
+        model_config = replace(model_config, vocab_size=self.tokenizer.vocab_size)
         if config.coverage_from_step is not None:
-            options.model.coverage = True  # w_c starts at 0: inert until the coverage phase trains it
-        limits = (options.data.source_max_tokens, options.data.target_max_tokens)
+            model_config = replace(model_config, coverage=True)  # w_c starts at 0: inert until trained
+        self.options = replace(self.options, model=model_config, tokenizer=tokenizer_config)  # the card's
+        limits = (data.source_max_tokens, data.target_max_tokens)
         self.train_set = tokenize_pairs(pairs, self.tokenizer, self.normalizer, *limits)
         self.validation_set = tokenize_pairs(validation, self.tokenizer, self.normalizer, *limits)
         self.sampler = TokenBatchSampler(
-            self.train_set["length"], options.data.batch_tokens, shuffle=True, seed=config.seed
+            self.train_set["length"], data.batch_tokens, shuffle=True, seed=config.seed
         )
         torch.manual_seed(config.seed)  # the same initial weights on every rank
-        self.model = Summarizer(options.model).to(self.device)
+        self.model = Summarizer(model_config).to(self.device)
         self.optimizer = self._make_optimizer()
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer,
@@ -156,7 +179,8 @@ class Trainer:
         )
         self.step, self.elapsed, self.best_score, self.stale_validations = 0, 0.0, None, 0
         if state is not None:
-            checkpoint.restore(self, state)
+            self.load_state_dict(state)
+            load_weights(self.model, self.output_dir / "checkpoint" / WEIGHTS_FILE)
             if self.is_main:
                 checkpoint.trim_metrics(self.output_dir / "metrics.jsonl", self.step)
                 print(
@@ -173,6 +197,34 @@ class Trainer:
         if self.distributed:
             device_ids = [self.device.index] if self.device.type == "cuda" else None
             self.trained_model = torch.nn.parallel.DistributedDataParallel(self.model, device_ids=device_ids)
+
+    def state_dict(self) -> TrainerState:
+        """Everything --resume needs beyond the weights (saved in every checkpoint)."""
+        return TrainerState(
+            step=self.step,
+            elapsed=self.elapsed,
+            best_score=self.best_score,
+            stale_validations=self.stale_validations,
+            sampler=self.sampler.state_dict(),
+            optimizer=self.optimizer.state_dict(),
+            scheduler=self.scheduler.state_dict(),
+            rng=checkpoint.capture_rng(),
+            model_config=self.model.config.to_dict(),
+        )
+
+    def load_state_dict(self, state: TrainerState) -> None:
+        """Put the trainer back where ``state`` was taken (the weights come from the bundle)."""
+        if state.model_config != self.model.config.to_dict():
+            raise GatesumError(
+                "--resume: the model settings differ from the checkpoint's; "
+                "use the same config, or a new --output-dir"
+            )
+        self.optimizer.load_state_dict(state.optimizer)
+        self.scheduler.load_state_dict(state.scheduler)
+        self.sampler.load_state_dict(state.sampler)
+        self.step, self.elapsed = state.step, state.elapsed
+        self.best_score, self.stale_validations = state.best_score, state.stale_validations
+        checkpoint.restore_rng(state.rng)
 
     def _make_optimizer(self) -> torch.optim.Optimizer:
         config = self.train_config
@@ -306,7 +358,7 @@ class Trainer:
                 batch.source_lengths,
                 batch.target_input,
                 batch.target_output,
-                coverage_loss_weight=config.coverage_weight if coverage_on else 0.0,
+                coverage_loss_weight=config.coverage_loss_weight if coverage_on else 0.0,
             )
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -366,16 +418,12 @@ class Trainer:
             )
             total, tokens = total + stats["nll"] * stats["tokens"], tokens + stats["tokens"]
         sample = self.validation_set.select(range(min(config.eval_rouge_samples, len(self.validation_set))))
-        predictions = []
-        generation = GenerationConfig(beam_size=1, max_length=data.target_max_tokens, no_repeat_ngram_size=3)
-        for begin in range(0, len(sample), 32):
-            rows = sample[begin : begin + 32]["source_ids"]
-            width = max(map(len, rows))
-            source = torch.tensor([row + [0] * (width - len(row)) for row in rows], device=self.device)
-            lengths = torch.tensor([len(row) for row in rows], device=self.device)
-            # capped like every summary (model/pipeline.py): never longer than its source
-            output = self.model.generate(source, lengths, generation.for_sources(map(len, rows)))
-            predictions += [self.tokenizer.decode(ids) for ids in output.tokens]
+        # greedy, as long as the training targets (within the search's own bound), through the one
+        # inference path: summaries capped at their sources' lengths, padded with the model's PAD
+        longest = next(setting.maximum for setting in GENERATION_SETTINGS if setting.name == "max_length")
+        generation = GenerationConfig(beam_size=1, max_length=min(data.target_max_tokens, longest))
+        summaries = summarize_ids(self.model, sample["source_ids"], generation, VALIDATION_BATCH_SIZE)
+        predictions = [self.tokenizer.decode(ids) for ids in summaries]
         references = [normalize(text, self.normalizer) for text in sample["target"]]
         return {"val_loss": total / max(tokens, 1), **rouge(predictions, references)}
 
@@ -415,7 +463,7 @@ class Trainer:
     def _save_checkpoint(self, started: float) -> None:
         self.elapsed = time.monotonic() - started
         if self.is_main:
-            state = checkpoint.trainer_state(self)
+            state = self.state_dict().to_bytes()
             self._save_bundle(self.output_dir / "checkpoint", extra_files={checkpoint.STATE_FILE: state})
 
     def _log(self, path: Path, record: dict, writer) -> None:

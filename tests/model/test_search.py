@@ -1,13 +1,19 @@
 """Greedy and beam search: constraints hold, beam 1 is greedy, batches don't interact."""
 
-from dataclasses import replace
+from dataclasses import FrozenInstanceError, replace
 
 import pytest
 import torch
 
 from gatesum.model.bundle import load_bundle
-from gatesum.model.pipeline import encode_sources, summarize_texts
-from gatesum.model.search import GenerationConfig, banned_ngram_tokens, beam_search, greedy_search
+from gatesum.model.pipeline import encode_sources, summarize_ids, summarize_texts
+from gatesum.model.search import (
+    GENERATION_SETTINGS,
+    GenerationConfig,
+    banned_ngram_tokens,
+    beam_search,
+    greedy_search,
+)
 from gatesum.model.summarizer import Summarizer
 from tests.model.test_summarizer import tiny_config
 
@@ -48,7 +54,7 @@ def test_min_length_is_respected():
     config = GenerationConfig(beam_size=1, min_length=5, max_length=20, no_repeat_ngram_size=0)
     result = greedy_search(scripted_step([EOS, 7]), None, 3, config, BOS, EOS, PAD, CPU)
     assert result.tokens == [[7] * 5] * 3
-    config.beam_size = 3
+    config = replace(config, beam_size=3)
     result = beam_search(scripted_step([EOS, 7, 8]), reorder, None, 2, config, BOS, EOS, PAD, CPU)
     assert all(len(tokens) >= 5 for tokens in result.tokens)
 
@@ -182,3 +188,85 @@ def test_every_entry_point_caps_by_the_source(tiny_bundle):
         summaries = summarize_texts(bundle, texts, config, batch_size=4)
         assert [len(summary.token_ids) for summary in summaries] == [min(len(ids), 60) for ids in sources]
     assert min(map(len, sources)) <= 6 and max(map(len, sources)) > 60  # short ones and a long one
+
+
+# --- the generation settings: one frozen config, its bounds in one place --------------------------
+
+
+def test_generation_config_is_frozen_hashable_and_bounded():
+    config = GenerationConfig(beam_size=2, length_penalty=1)
+    with pytest.raises(FrozenInstanceError):
+        config.beam_size = 3  # type: ignore[misc]
+    assert config == GenerationConfig(beam_size=2) and hash(config) == hash(GenerationConfig(beam_size=2))
+    assert config.length_penalty == 1.0 and isinstance(config.length_penalty, float)
+    assert len({GenerationConfig(), GenerationConfig(), config}) == 2  # usable as a dict key
+    assert [setting.name for setting in GENERATION_SETTINGS] == [
+        "beam_size", "max_length", "min_length", "length_penalty", "no_repeat_ngram_size", "coverage_penalty"
+    ]  # fmt: skip
+    bounds = {setting.name: (setting.minimum, setting.maximum) for setting in GENERATION_SETTINGS}
+    assert bounds == {"beam_size": (1, 16), "max_length": (1, 256), "min_length": (0, 256),
+                      "length_penalty": (0.0, 5.0), "no_repeat_ngram_size": (0, 16),
+                      "coverage_penalty": (0.0, 5.0)}  # fmt: skip
+    for setting in GENERATION_SETTINGS:
+        assert getattr(GenerationConfig(), setting.name) == setting.default
+        GenerationConfig(**{setting.name: setting.minimum})  # both bounds are allowed
+        GenerationConfig(**{setting.name: setting.maximum})
+        step = 1 if setting.kind is int else 0.5
+        for value in (setting.minimum - step, setting.maximum + step):
+            with pytest.raises(ValueError, match=f"^{setting.name} must be between "):
+                GenerationConfig(**{setting.name: value})
+        for value in (True, "4", None):
+            with pytest.raises(ValueError, match=f"^{setting.name} must be a"):
+                GenerationConfig(**{setting.name: value})
+    with pytest.raises(ValueError, match="beam_size must be a whole number"):
+        GenerationConfig(beam_size=2.0)
+
+
+ATTENDS = {BOS: 0, 5: 1, 6: 1, 7: 2, EOS: 0, PAD: 0}  # input token -> the source position read
+
+
+def two_path_step(a_reads: int):
+    """A fake model with two paths: A (5) then EOS, log-prob −0.5; B (6) C (7) EOS, −0.6. Each
+    step attends one-hot to ``ATTENDS[input]``; after A it reads position ``a_reads``."""
+    log_probs = torch.full((V, V), -20.0)
+    log_probs[BOS, 5], log_probs[BOS, 6] = -0.5, -0.6
+    log_probs[5, EOS], log_probs[6, 7], log_probs[7, EOS] = 0.0, 0.0, 0.0
+    attends = {**ATTENDS, 5: a_reads}
+    attention = torch.zeros(V, 3)
+    for token, position in attends.items():
+        attention[token, position] = 1.0
+
+    def step(tokens, state):
+        return log_probs[tokens], attention[tokens], state
+
+    return step
+
+
+def test_coverage_penalty_ranks_down_a_beam_that_rereads_the_source():
+    """A re-reads position 0 (coverage [2, 0, 0]: 1 over); B C reads each position once."""
+    for beta, expected in ((0.0, [5]), (0.4, [6, 7])):  # −0.5 − 0.4·1 = −0.9 < −0.6
+        config = GenerationConfig(
+            beam_size=2, length_penalty=0.0, no_repeat_ngram_size=0, coverage_penalty=beta
+        )
+        result = beam_search(two_path_step(a_reads=0), reorder, None, 1, config, BOS, EOS, PAD, CPU)
+        assert result.tokens == [expected], beta
+        assert result.scores[0] == pytest.approx(-0.5 if expected == [5] else -0.6)
+
+
+def test_coverage_penalty_does_not_count_a_finished_beams_padding():
+    """A (coverage [1, 1, 0]) ends a step before B C; the step after its EOS (fed EOS, giving PAD)
+    reads position 0 again, which would put it 1 over, and below B C, if it counted."""
+    config = GenerationConfig(beam_size=2, length_penalty=0.0, no_repeat_ngram_size=0, coverage_penalty=1.0)
+    result = beam_search(two_path_step(a_reads=1), reorder, None, 1, config, BOS, EOS, PAD, CPU)
+    assert result.tokens == [[5]] and result.scores[0] == pytest.approx(-0.5)
+
+
+def test_summarize_ids_is_the_search_of_summarize_texts(tiny_bundle):
+    """Training's validation decodes ids through the pipeline: the same summaries, in input order."""
+    bundle = load_bundle(tiny_bundle)
+    texts = [" ".join(["City team won."] * 6), "Police said the storm hit.", "School won."]
+    sources, _ = encode_sources(bundle, texts)
+    config = GenerationConfig(beam_size=1, max_length=8)
+    from_texts = [summary.token_ids for summary in summarize_texts(bundle, texts, config, batch_size=2)]
+    assert summarize_ids(bundle.model, sources, config, batch_size=2) == from_texts
+    assert all(len(ids) <= min(len(source), 8) for ids, source in zip(from_texts, sources))

@@ -30,11 +30,12 @@ def eval_args(bundle: Path, data: Path | str, tmp_path: Path, *more: str) -> lis
 def test_eval_writes_report_json_and_markdown(
     gatesum, tiny_bundle: Path, data_file: Path, tmp_path: Path
 ) -> None:
-    result = gatesum(*eval_args(tiny_bundle, data_file, tmp_path))
+    result = gatesum(*eval_args(tiny_bundle, data_file, tmp_path, "--coverage-penalty", "0.5"))
     assert result.code == 0, result.err
     report = json.loads((tmp_path / "out" / "report.json").read_text())
     markdown = (tmp_path / "out" / "report.md").read_text()
     assert result.out == markdown
+    assert "Beam 2, 0–8 tokens, length penalty 1.0, no-repeat n-gram 3, coverage penalty 0.5." in markdown
     assert "summarizing" in result.err  # the progress bar
 
     assert report["documents"] == len(SENTENCES)
@@ -63,6 +64,7 @@ def test_eval_writes_report_json_and_markdown(
 
     settings = report["settings"]
     assert settings["generation"]["beam_size"] == 2 and settings["generation"]["max_length"] == 8
+    assert settings["generation"]["coverage_penalty"] == 0.5
     assert settings["source_max_tokens"] == SOURCE_MAX_TOKENS
     assert settings["command"].startswith("gatesum eval --model ") and "--beam-size 2" in settings["command"]
     assert report["bundle"] == {

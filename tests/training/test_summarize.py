@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from gatesum.model.search import GENERATION_SETTINGS
 from gatesum.training import summarize
 from tests.helpers import make_rows, write_jsonl
 
@@ -187,3 +188,35 @@ def test_help_says_that_blank_lines_separate_plain_text_documents(
     help_text = " ".join(capsys.readouterr().out.split())  # argparse wraps lines
     assert "plain text, where blank lines separate documents" in help_text  # --input
     assert "Plain-text input: blank lines separate documents" in help_text
+
+
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [
+        (("--beam-size", "17"), "--beam-size must be between 1 and 16, not 17"),
+        (("--max-length", "0"), "--max-length must be between 1 and 256, not 0"),
+        (("--no-repeat-ngram-size", "-1"), "--no-repeat-ngram-size must be between 0 and 16, not -1"),
+        (("--coverage-penalty", "-0.5"), "--coverage-penalty must be between 0.0 and 5.0, not -0.5"),
+        (("--device", "gpu"), "--device 'gpu': not a device (auto, cpu, cuda, cuda:N or mps)"),
+    ],
+)
+def test_a_setting_out_of_bounds_is_one_error_line_naming_the_flag(
+    gatesum, tiny_bundle: Path, tmp_path: Path, flags: tuple[str, str], message: str
+) -> None:
+    source = write_jsonl(tmp_path / "in.jsonl", make_rows([2]))
+    result = gatesum("summarize", "--model", tiny_bundle, "--input", source, *FAST, *flags)
+    assert (result.code, result.out) == (2, "")
+    assert result.err == f"gatesum summarize: error: {message}\n"
+
+
+def test_every_generation_setting_is_a_flag_with_its_default_and_bounds(
+    gatesum, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("COLUMNS", "1000")  # no wrapping: argparse breaks lines at hyphens too
+    with pytest.raises(SystemExit):
+        gatesum("summarize", "--help")
+    help_text = " ".join(capsys.readouterr().out.split())
+    for setting in GENERATION_SETTINGS:
+        flag = "--" + setting.name.replace("_", "-")
+        assert f"{flag} {'N' if setting.kind is int else 'X'} {setting.help}" in help_text
+        assert f"[{setting.minimum}–{setting.maximum}, default {setting.default}]" in help_text

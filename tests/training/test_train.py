@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import argparse
+import copy
 import json
 import os
 import re
@@ -17,12 +19,16 @@ from safetensors.torch import load_file
 
 from gatesum.cli import main
 from gatesum.model.bundle import load_bundle
+from gatesum.model.config import ModelConfig
+from gatesum.model.errors import GatesumError
 from gatesum.model.text import NormalizerConfig
 from gatesum.model.tokenizer import Tokenizer
+from gatesum.training.checkpoint import STATE_FILE, TrainerState, capture_rng, load_trainer_state
 from gatesum.training.data import DataConfig, load_pairs
-from gatesum.training.options import TokenizerConfig
+from gatesum.training.options import TokenizerConfig, load_options
+from gatesum.training.options import add_arguments as add_option_arguments
 from gatesum.training.setup import train_tokenizer
-from gatesum.training.train import format_score, time_left
+from gatesum.training.train import Trainer, fine_tuning_config, format_score, time_left
 from tests.helpers import write_pairs
 
 REPO = Path(__file__).resolve().parents[2]
@@ -199,23 +205,80 @@ def test_coverage_phase_switches_the_coverage_loss_on(tmp_path):
     records = {record["step"]: record for record in read_metrics(output) if "loss" in record}
     assert all("coverage_loss" not in records[step] for step in (1, 2, 3))  # steps 0-2: off
     assert all(records[step]["coverage_loss"] > 0 for step in (4, 5, 6))
-    weight = load_bundle(output / "checkpoint").model.decoder.attention.coverage_weight
+    weight = load_bundle(output / "checkpoint").model.decoder.attention.w_c
     assert weight.abs().sum() > 0  # w_c left 0 and started learning in the phase
 
 
 @pytest.mark.slow
-def test_init_from_a_bundle_starts_where_it_left_off(tmp_path):
+def test_init_from_a_bundle_starts_where_it_left_off(tmp_path, capsys):
     data = write_pairs(tmp_path / "pairs.jsonl", 60)
-    first, second = tmp_path / "first", tmp_path / "second"
+    first, second, refused = tmp_path / "first", tmp_path / "second", tmp_path / "refused"
     assert main(train_arguments(data, first, 30, "--log-every", "1")) == 0
-    assert main(train_arguments(data, second, 2, "--log-every", "1", "--init-from", str(first / "checkpoint"),
-                                "--model", "encoder_hidden_size=8")) == 0  # fmt: skip
+    init = ("--init-from", str(first / "checkpoint"))
+    capsys.readouterr()
+    # --model settings equal to the bundle's are fine (train_arguments gives them); another size is not
+    assert main(train_arguments(data, refused, 2, *init, "--model", "encoder_hidden_size=8")) == 2
+    assert capsys.readouterr().err == (
+        "gatesum train: error: --model encoder_hidden_size=8 conflicts with --init-from "
+        f"{first}/checkpoint, whose encoder_hidden_size is 16: fine-tuning keeps the bundle's "
+        "architecture (only dropout can change)\n"
+    )
+    assert not refused.exists()  # refused before anything was written
+    assert main(train_arguments(data, second, 2, "--log-every", "1", *init, "--model", "dropout=0.3")) == 0
     start = [record["loss"] for record in read_metrics(first) if "loss" in record]
     resumed = [record["loss"] for record in read_metrics(second) if "loss" in record]
     assert resumed[0] < start[0] - 0.3 and abs(resumed[0] - start[-1]) < 0.3
     bundle = load_bundle(second / "checkpoint")
-    assert bundle.model.config.encoder_hidden_size == 16  # the bundle's settings win over --model
+    assert bundle.model.config.encoder_hidden_size == 16  # the bundle's architecture
+    assert bundle.model.config.dropout == 0.3 != load_bundle(first / "checkpoint").model.config.dropout
     assert bundle.tokenizer.fingerprint == load_bundle(first / "checkpoint").tokenizer.fingerprint
+
+
+def test_fine_tuning_config_applies_dropout_and_refuses_another_architecture():
+    bundle_config = ModelConfig(encoder_hidden_size=16, attention="mlp")
+    tuned = fine_tuning_config(bundle_config, {"dropout": 0.4, "encoder_hidden_size": 16}, "b")
+    assert (tuned.dropout, tuned.encoder_hidden_size, bundle_config.dropout) == (0.4, 16, 0.1)
+    with pytest.raises(
+        GatesumError, match=r"^--model attention=dot conflicts with --init-from b, whose attention"
+    ):
+        fine_tuning_config(bundle_config, {"attention": "dot"}, "b")
+
+
+@pytest.mark.slow
+def test_the_trainer_leaves_the_options_it_was_handed_alone(tmp_path):
+    """The coverage phase, the tokenizer's vocabulary and --init-from change the model settings
+    this run trains (and its card records), never the caller's Options."""
+    data = write_pairs(tmp_path / "pairs.jsonl", 40)
+    parser = argparse.ArgumentParser()
+    add_option_arguments(parser)
+    arguments = train_arguments(data, tmp_path / "run", 2, "--coverage-from-step", "1")[1:]
+    options = load_options(parser.parse_args(arguments))
+    handed = copy.deepcopy(options)
+    trainer = Trainer(options)
+    trainer.train()
+    assert options == handed and options.model.coverage is False and options.model.vocab_size == 16000
+    trained = load_bundle(tmp_path / "run" / "checkpoint").model.config
+    assert trained.coverage is True and trained.vocab_size == trainer.tokenizer.vocab_size < 16000
+    assert trainer.options.model == trained
+
+
+def test_trainer_state_file_round_trip_and_a_foreign_file(tmp_path):
+    state = TrainerState(step=7, elapsed=1.5, best_score=None, stale_validations=2, sampler={"epoch": 1},
+                         optimizer={}, scheduler={}, rng=capture_rng(), model_config={"a": 1})  # fmt: skip
+    directory = tmp_path / "checkpoint"
+    directory.mkdir()
+    (directory / STATE_FILE).write_bytes(state.to_bytes())
+    loaded = load_trainer_state(tmp_path)
+    assert (loaded.step, loaded.elapsed, loaded.stale_validations, loaded.sampler) == (
+        7,
+        1.5,
+        2,
+        {"epoch": 1},
+    )
+    torch.testing.assert_close(loaded.rng["torch"], state.rng["torch"])
+    torch.save({"step": 3}, directory / STATE_FILE)
+    with pytest.raises(GatesumError, match="not a training state of this version"):
+        load_trainer_state(tmp_path)
 
 
 @pytest.mark.slow
