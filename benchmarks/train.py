@@ -43,7 +43,7 @@ CASES = {  # name -> ModelConfig overrides
     "(b) parallel, additive": {"input_feeding": False, "attention": "mlp"},
     "(c) parallel, bilinear": {"input_feeding": False, "attention": "general"},
 }
-COVERAGE_WEIGHT_IN_PHASE = 0.05  # any w_c ≠ 0: what the coverage phase has after its first step
+W_C_IN_PHASE = 0.05  # any w_c ≠ 0: what the coverage phase has after its first step
 TARGET_SPEEDUP = 3.0  # tokens/s of the parallel decoder over (a), issue #14
 
 
@@ -94,21 +94,26 @@ def random_batch(config: ModelConfig, B: int, S: int, T: int) -> Batch:
     return Batch(source, torch.full((B,), S), torch.cat([bos, words], 1), torch.cat([words, eos], 1))
 
 
+def coverage_loss_weight(train: dict) -> float:
+    """λ of the config's [train] table (``coverage_weight`` in configs written before the rename)."""
+    return float(train.get("coverage_loss_weight", train.get("coverage_weight", 1.0)))
+
+
 def train_step(config: ModelConfig, train: dict, batch: Batch, phase: str) -> Callable[[], None]:
     """One full training step of a fresh model, as ``gatesum train`` takes it."""
     torch.manual_seed(0)
     model = Summarizer(config).train()
-    coverage_loss_weight = 0.0
+    loss_weight = 0.0  # λ
     if phase == "coverage":
-        coverage_loss_weight = train.get("coverage_weight", 1.0)
+        loss_weight = coverage_loss_weight(train)
         with torch.no_grad():
-            model.decoder.attention.coverage_weight.fill_(COVERAGE_WEIGHT_IN_PHASE)
+            model.decoder.attention.w_c.fill_(W_C_IN_PHASE)
     optimizer = torch.optim.AdamW(model.parameters(), lr=train.get("learning_rate", 1e-3))
     grad_clip = train.get("grad_clip", 1.0)
 
     def step() -> None:
         loss, _ = model(batch.source, batch.source_lengths, batch.target_input, batch.target_output,
-                        coverage_loss_weight=coverage_loss_weight)  # fmt: skip
+                        coverage_loss_weight=loss_weight)  # fmt: skip
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
@@ -164,8 +169,8 @@ def run(args: argparse.Namespace) -> int:
                    "load_average_1_5_15min": {"before": load_before, "after": os.getloadavg()}}  # fmt: skip
         settings = {"config": args.config, "model": base.to_dict(), "B": B, "S": S, "T": T,
                     "tokens_per_step": batch.tokens, "repeats": args.repeats, "warmup": args.warmup,
-                    "coverage_loss_weight": train.get("coverage_weight", 1.0),
-                    "coverage_weight_in_phase": COVERAGE_WEIGHT_IN_PHASE}  # fmt: skip
+                    "coverage_loss_weight": coverage_loss_weight(train),
+                    "w_c_in_phase": W_C_IN_PHASE}  # fmt: skip
         record = {
             "command": shlex.join(["gatesum", *sys.argv[1:]]),
             "argv": sys.argv,

@@ -60,7 +60,10 @@ class Attention(nn.Module):
             coverage_size = 1
         else:
             coverage_size = 1
-        self.coverage_weight = nn.Parameter(torch.zeros(coverage_size)) if coverage else None  # w_c
+        # w_c (See et al. 2017, eq. 11): how the coverage c_i enters the scores. Not to be confused
+        # with λ, the coverage loss weight (a training setting), or β, the decoding penalty.
+        self.w_c = nn.Parameter(torch.zeros(coverage_size)) if coverage else None
+        self._register_load_state_dict_pre_hook(_rename_old_coverage_key)
 
     def keys(self, memory: Tensor) -> Tensor:
         """memory (B, S, M) -> keys (B, S, A): mlp 2·(W_h h + b) (see ``forward``), general W_a h, dot h."""
@@ -81,14 +84,14 @@ class Attention(nn.Module):
         if single:
             query = query.unsqueeze(1)  # (B, 1, Q)
             coverage = coverage.unsqueeze(1) if coverage is not None else None  # (B, 1, S)
-        if coverage is None or self.coverage_weight is None:
+        if coverage is None or self.w_c is None:
             coverage = None
         if self.kind == "mlp":
             scores = self._additive_scores(2 * self.query_projection(query), keys, coverage)  # (B, T, S)
         else:  # general (bilinear) / dot: e_t,i = s_t · k_i for every (t, i) in one bmm
             scores = torch.bmm(query, keys.transpose(1, 2))  # (B, T, S)
             if coverage is not None:
-                scores = scores + coverage * self.coverage_weight
+                scores = scores + coverage * self.w_c
         weights = masked_softmax(scores, mask.unsqueeze(1)).to(memory.dtype)  # (B, T, S)
         context = torch.bmm(weights, memory)  # (B, T, M)
         if single:
@@ -118,7 +121,7 @@ class Attention(nn.Module):
             if self.kind == "mlp":
                 scores = self._additive_scores(position.unsqueeze(1), keys, coverage.unsqueeze(1))
             else:
-                scores = (position + coverage * self.coverage_weight).unsqueeze(1)
+                scores = (position + coverage * self.w_c).unsqueeze(1)
             weight = masked_softmax(scores, mask).to(memory.dtype)  # (B, 1, S)
             weights.append(weight)
             coverage = coverage + weight.squeeze(1)
@@ -143,6 +146,13 @@ class Attention(nn.Module):
             doubled = keys.unsqueeze(1) + queries  # 2u (B, t, S, A)
             if coverage is not None:
                 part = coverage[:, start : start + chunk].unsqueeze(-1)  # (B, t, S, 1)
-                doubled = torch.addcmul(doubled, part, 2 * self.coverage_weight)
+                doubled = torch.addcmul(doubled, part, 2 * self.w_c)
             scores.append(2 * torch.sigmoid(doubled).matmul(v) - v.sum())  # (B, t, S)
         return scores[0] if len(scores) == 1 else torch.cat(scores, 1)
+
+
+def _rename_old_coverage_key(state_dict: dict, prefix: str, *args) -> None:
+    """Bundles and checkpoints written before w_c got its name call it ``coverage_weight``."""
+    old = prefix + "coverage_weight"
+    if old in state_dict:
+        state_dict[prefix + "w_c"] = state_dict.pop(old)

@@ -9,6 +9,10 @@ from typing import Any
 from gatesum.model.attention import KINDS as ATTENTION_KINDS
 from gatesum.model.cells import CELLS
 
+# Keys older bundles carry that are no longer model settings: skipped when loading.
+# coverage_loss_weight (λ) is a training setting (``TrainConfig.coverage_loss_weight``).
+RETIRED_KEYS = frozenset({"coverage_loss_weight"})
+
 
 @dataclass
 class ModelConfig:
@@ -28,7 +32,6 @@ class ModelConfig:
     attention_size: int = 256  # mlp only
     copy: bool = True  # pointer-generator (See et al. 2017); needs attention
     coverage: bool = False  # coverage input to attention (See et al. 2017); needs attention
-    coverage_loss_weight: float = 0.0  # λ; meant to be switched on late in training
     tie_embeddings: bool = True  # output projection shares the embedding matrix
     dropout: float = 0.1
     peephole: bool = False  # LSTM cells feed C into their gates
@@ -62,6 +65,7 @@ class ModelConfig:
     def from_dict(cls, values: dict[str, Any]) -> ModelConfig:
         """Builds the config, refusing unknown keys (a sign of a bundle from another version)."""
         known = {f.name for f in dataclasses.fields(cls)}
+        values = {key: value for key, value in values.items() if key not in RETIRED_KEYS}
         unknown = sorted(set(values) - known)
         if unknown:
             raise ValueError(f"unknown model config keys: {unknown}")

@@ -143,7 +143,7 @@ class Decoder(nn.Module):
     def coverage_in_use(self) -> bool:
         """Whether the coverage input changes anything: w_c starts at 0 and stays there until a
         coverage phase trains it, and until then the (costly) coverage feature can be skipped."""
-        weight = self.attention.coverage_weight if self.uses_attention else None
+        weight = self.attention.w_c if self.uses_attention else None
         return weight is not None and bool(weight.detach().ne(0).any())
 
     def keys(self, encoded: EncoderOutput) -> Tensor | None:
@@ -184,7 +184,7 @@ class Decoder(nn.Module):
         if not self.uses_attention:
             return DecoderOutput(top, None, None, None)
         coverage = state.coverage  # (B, S) or None
-        if coverage is not None and (self.coverage_in_use() or self._trains_coverage_weight()):
+        if coverage is not None and (self.coverage_in_use() or self._trains_w_c()):
             weights, context, coverage = self.attention.with_running_coverage(
                 top, keys, encoded.outputs, encoded.mask, coverage
             )  # (B, T, S), (B, T, M), (B, T, S)
@@ -213,8 +213,8 @@ class Decoder(nn.Module):
         names = ("attentional", "attention", "copy_gate", "coverage")
         return DecoderOutput(*(stacked(name) for name in names))
 
-    def _trains_coverage_weight(self) -> bool:
-        weight = self.attention.coverage_weight
+    def _trains_w_c(self) -> bool:
+        weight = self.attention.w_c
         return weight is not None and weight.requires_grad and torch.is_grad_enabled()
 
     def _read_out(self, top: Tensor, context: Tensor, embedded: Tensor) -> tuple[Tensor, Tensor | None]:

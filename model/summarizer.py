@@ -44,15 +44,16 @@ class Summarizer(nn.Module):
         source_lengths: Tensor,
         target_input: Tensor,
         target_output: Tensor,
-        coverage_loss_weight: float | None = None,
+        coverage_loss_weight: float = 0.0,
     ) -> tuple[Tensor, dict[str, float]]:
         """Teacher-forced loss.
 
         source (B, S), source_lengths (B,), target_input (B, T) = [BOS, y_1..], target_output
         (B, T) = [y_1.., EOS], both padded with PAD. Returns the NLL per non-pad target token
-        (+ λ · coverage loss when λ > 0) and a dict of statistics.
+        (+ λ · coverage loss when λ = ``coverage_loss_weight`` > 0, a training setting) and a dict
+        of statistics.
         """
-        weight = self.config.coverage_loss_weight if coverage_loss_weight is None else coverage_loss_weight
+        weight = coverage_loss_weight  # λ
         encoded = self.encoder(source, source_lengths)
         track_coverage = weight > 0 or self.decoder.coverage_in_use()
         state = self.decoder.initial_state(encoded, self.bridge(encoded), track_coverage)
@@ -66,7 +67,7 @@ class Summarizer(nn.Module):
             nll = self._copy_nll(logits, copy_gate_t, attention_t, source, target_output)
         else:
             nll = F.cross_entropy(logits.transpose(1, 2), target_output, reduction="none")  # (B, T)
-        nll = (nll * target_mask).sum() / tokens
+        nll = torch.where(target_mask, nll, 0.0).sum() / tokens  # selection: padding never reaches the loss
         loss, stats = nll, {"nll": nll.item(), "tokens": int(tokens)}
         if decoded.coverage is not None and weight > 0:
             # See et al. eq. 12: Σ_i min(a_t,i, c_t,i), what is attended again after being covered.

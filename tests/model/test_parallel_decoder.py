@@ -33,7 +33,7 @@ def parallel_model(**overrides) -> Summarizer:
 
 def set_coverage_weight(model: Summarizer, value: float) -> None:
     with torch.no_grad():
-        model.decoder.attention.coverage_weight.fill_(value)
+        model.decoder.attention.w_c.fill_(value)
 
 
 def log_probs_both_ways(model: Summarizer, track_coverage: bool) -> tuple[torch.Tensor, ...]:
@@ -106,7 +106,7 @@ def test_parallel_training_gives_the_loss_and_gradients_of_stepping(monkeypatch,
     for name, gradient in parallel_grads.items():
         torch.testing.assert_close(gradient, stepped_grads[name], atol=1e-5, rtol=1e-4, msg=name)
     if weight > 0:  # w_c learns from its very first coverage step, while it is still 0
-        assert parallel_grads["decoder.attention.coverage_weight"].abs().max() > 1e-4
+        assert parallel_grads["decoder.attention.w_c"].abs().max() > 1e-4
 
 
 def test_parallel_decoder_learns_and_generates():

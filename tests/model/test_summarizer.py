@@ -70,27 +70,27 @@ def test_multiplicative_attention_learns(attention):
 @pytest.mark.parametrize("input_feeding", [True, False], ids=["input-feeding", "parallel"])
 def test_padding_in_the_source_does_not_change_the_loss(input_feeding):
     torch.manual_seed(0)
-    config = tiny_config(coverage=True, coverage_loss_weight=1.0, input_feeding=input_feeding)
+    config = tiny_config(coverage=True, input_feeding=input_feeding)
     model = Summarizer(config).eval()
     source, lengths, target_input, target_output = make_batch(SOURCES, TARGETS)
-    loss, _ = model(source, lengths, target_input, target_output)
+    loss, _ = model(source, lengths, target_input, target_output, coverage_loss_weight=1.0)
     garbage = source.clone()
     garbage[source == PAD] = 17
     wider = torch.cat([garbage, torch.full((4, 3), 9)], 1)
-    loss_garbage, _ = model(wider, lengths, target_input, target_output)
+    loss_garbage, _ = model(wider, lengths, target_input, target_output, coverage_loss_weight=1.0)
     torch.testing.assert_close(loss, loss_garbage)
 
 
 def test_edge_cases_give_finite_losses_and_outputs():
     torch.manual_seed(0)
-    model = Summarizer(tiny_config(coverage=True, coverage_loss_weight=1.0))
+    model = Summarizer(tiny_config(coverage=True))
     one = make_batch([[7]], [[7]])  # batch of 1, source of length 1
-    loss, stats = model(*one)
+    loss, stats = model(*one, coverage_loss_weight=1.0)
     loss.backward()
     assert torch.isfinite(loss)
     assert all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)
     empty_target = (one[0], one[1], torch.tensor([[BOS, PAD]]), torch.tensor([[PAD, PAD]]))
-    loss, stats = model(*empty_target)
+    loss, stats = model(*empty_target, coverage_loss_weight=1.0)
     assert torch.isfinite(loss) and stats["tokens"] == 1
     model.eval()
     for beam in (1, 3):
@@ -173,7 +173,7 @@ def test_skipping_the_untrained_coverage_input_is_exact():
     assert "coverage_loss" in tracked and "coverage_loss" not in skipped
     assert abs(skipped["nll"] - tracked["nll"]) < 1e-6
     with torch.no_grad():
-        model.decoder.attention.coverage_weight.fill_(0.5)
+        model.decoder.attention.w_c.fill_(0.5)
     assert model.decoder.coverage_in_use()
     _, used = model(*batch, coverage_loss_weight=0.0)
     assert abs(used["nll"] - skipped["nll"]) > 1e-4  # a trained w_c now changes the output
@@ -186,13 +186,26 @@ def test_additive_attention_computes_bahdanaus_scores():
     torch.manual_seed(0)
     attention = Attention("mlp", query_size=6, memory_size=5, attention_size=4, coverage=True).double()
     with torch.no_grad():
-        attention.coverage_weight.normal_()
+        attention.w_c.normal_()
     memory, query = torch.randn(2, 7, 5, dtype=torch.double), torch.randn(2, 6, dtype=torch.double)
     coverage = torch.rand(2, 7, dtype=torch.double)
     mask = torch.tensor([[True] * 7, [True] * 4 + [False] * 3])
     weights, context = attention(query, attention.keys(memory), memory, mask, coverage)
     u = (attention.memory_projection(memory) + attention.query_projection(query).unsqueeze(1)
-         + coverage.unsqueeze(-1) * attention.coverage_weight)  # fmt: skip
+         + coverage.unsqueeze(-1) * attention.w_c)  # fmt: skip
     scores = (torch.tanh(u) @ attention.score_vector.weight.squeeze(0)).masked_fill(~mask, float("-inf"))
     torch.testing.assert_close(weights.double(), torch.softmax(scores, -1), atol=1e-7, rtol=0)
     torch.testing.assert_close(context, torch.bmm(weights.unsqueeze(1).double(), memory).squeeze(1))
+
+
+def test_bundles_from_before_w_c_was_named_still_load():
+    """Older bundles call w_c "coverage_weight" and carry λ in the model config."""
+    torch.manual_seed(0)
+    model = Summarizer(tiny_config(coverage=True))
+    state = model.state_dict()
+    state["decoder.attention.coverage_weight"] = torch.full_like(state.pop("decoder.attention.w_c"), 0.25)
+    restored = Summarizer(
+        ModelConfig.from_dict({**tiny_config(coverage=True).to_dict(), "coverage_loss_weight": 0.0})
+    )
+    restored.load_state_dict(state)
+    assert torch.all(restored.decoder.attention.w_c == 0.25)
