@@ -30,6 +30,7 @@ from gatesum.model.bundle import (
     Bundle,
     load_bundle,
 )
+from gatesum.model.devices import resolve_device
 from gatesum.model.errors import GatesumError
 from gatesum.model.memory import gate_retention, memory_trace
 from gatesum.model.search import GenerationConfig
@@ -207,10 +208,16 @@ class Pipeline:
         return f"Pipeline({self.name!r}, device={str(self.device)!r})"
 
 
-def load(model: str | Path | None = None, device: str | torch.device = "cpu") -> Pipeline:
+def load(
+    model: str | Path | None = None, device: str | torch.device = "cpu", *, device_option: str = "device"
+) -> Pipeline:
     """Load a model bundle for summarizing: the bundled model when ``model`` is None, a bundle
     directory, or ``hf://owner/name[@revision]`` for a bundle published on the Hugging Face Hub
-    (downloaded once into the Hub's cache). Raises ``GatesumError`` naming what is wrong."""
+    (downloaded once into the Hub's cache), on ``device`` ("cpu", "cuda", "cuda:1", "mps" or
+    "auto"). Raises ``GatesumError`` naming what is wrong (``device_option``: the flag or
+    setting the device came from, for that message)."""
+    if isinstance(device, str):
+        device = resolve_device(device, device_option)
     if model is None:
         return Pipeline(load_bundle(BUNDLED_MODEL, device))
     if isinstance(model, str) and model.startswith(HUB_PREFIX):

@@ -18,11 +18,10 @@ from typing import Annotated
 import torch
 from fastapi import Depends, HTTPException, Request
 
-from gatesum.model.bundle import Bundle, load_bundle
-from gatesum.model.devices import resolve_device
+from gatesum.model.bundle import Bundle
 from gatesum.model.errors import GatesumError
 from gatesum.model.kernels import kernels_enabled, lstm_ops
-from gatesum.model.pipeline import Summary, summarize_texts
+from gatesum.model.pipeline import Summary, load, summarize_texts
 from gatesum.model.search import GenerationConfig
 from gatesum.service.batching import MicroBatcher
 from gatesum.service.metrics import Metrics
@@ -83,8 +82,7 @@ class ModelService:
         if self.settings.torch_threads:
             torch.set_num_threads(self.settings.torch_threads)
         started = time.perf_counter()
-        device = resolve_device(self.settings.device, "GATESUM_DEVICE")
-        bundle = load_bundle(self.settings.model, device)
+        bundle = load(self.settings.model, self.settings.device, device_option="GATESUM_DEVICE").bundle
         log.info("startup: model bundle %s loaded in %.2f s", bundle.path, time.perf_counter() - started)
         if device.type == "cpu":  # our compiled loops are CPU code
             self._build_loops()

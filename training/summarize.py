@@ -33,10 +33,9 @@ from typing import IO, Any
 
 from tqdm import tqdm
 
-from gatesum.model.bundle import BUNDLED_MODEL, Bundle, load_bundle
-from gatesum.model.devices import resolve_device
+from gatesum.model.bundle import BUNDLED_MODEL, Bundle
 from gatesum.model.errors import GatesumError
-from gatesum.model.pipeline import Summary, summarize_texts
+from gatesum.model.pipeline import Summary, load, summarize_texts
 from gatesum.model.search import GENERATION_SETTINGS, GenerationConfig
 
 CHUNK_DOCUMENTS = 64  # documents per summarize_texts call: the unit of progress and of flushing
@@ -51,7 +50,7 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
         "--model",
         default=None,
         metavar="DIR",
-        help=f"model bundle directory (default: the bundled {BUNDLED_MODEL.name})",
+        help=f"model bundle directory or hf://owner/name (default: the bundled {BUNDLED_MODEL.name})",
     )
     parser.add_argument(
         "--device", default="auto", help="auto (CUDA, then MPS, then CPU), cpu, cuda, cuda:N or mps"
@@ -88,10 +87,11 @@ def generation_config(args: argparse.Namespace) -> GenerationConfig:
 
 
 def load_model(args: argparse.Namespace) -> Bundle:
-    """The bundle of --model (default: the bundled model), on --device."""
+    """The bundle of --model (default: the bundled model), on --device: loaded as ``gatesum.load``
+    loads it, so the command line and the Python API read a bundle the same way."""
     if args.model is None and not BUNDLED_MODEL.is_dir():
         raise GatesumError(f"no --model given and the bundled model {BUNDLED_MODEL} is absent")
-    return load_bundle(args.model or BUNDLED_MODEL, resolve_device(args.device))
+    return load(args.model, args.device, device_option="--device").bundle
 
 
 # --- gatesum summarize ----------------------------------------------------------------------------
