@@ -63,7 +63,6 @@ class Attention(nn.Module):
         # w_c (See et al. 2017, eq. 11): how the coverage c_i enters the scores. Not to be confused
         # with λ, the coverage loss weight (a training setting), or β, the decoding penalty.
         self.w_c = nn.Parameter(torch.zeros(coverage_size)) if coverage else None
-        self._register_load_state_dict_pre_hook(_rename_old_coverage_key)
 
     def keys(self, memory: Tensor) -> Tensor:
         """memory (B, S, M) -> keys (B, S, A): mlp 2·(W_h h + b) (see ``forward``), general W_a h, dot h."""
@@ -149,10 +148,3 @@ class Attention(nn.Module):
                 doubled = torch.addcmul(doubled, part, 2 * self.w_c)
             scores.append(2 * torch.sigmoid(doubled).matmul(v) - v.sum())  # (B, t, S)
         return scores[0] if len(scores) == 1 else torch.cat(scores, 1)
-
-
-def _rename_old_coverage_key(state_dict: dict, prefix: str, *args) -> None:
-    """Bundles and checkpoints written before w_c got its name call it ``coverage_weight``."""
-    old = prefix + "coverage_weight"
-    if old in state_dict:
-        state_dict[prefix + "w_c"] = state_dict.pop(old)

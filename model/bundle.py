@@ -189,6 +189,10 @@ def load_bundle(directory: str | Path, device: str | torch.device = "cpu") -> Bu
     return Bundle(model.to(device).eval(), tokenizer, normalizer, card, directory, selector)
 
 
+# Weights that older bundles and checkpoints store under another name: old -> current.
+RENAMED_WEIGHTS = {"decoder.attention.coverage_weight": "decoder.attention.w_c"}
+
+
 def load_weights(model: Summarizer, path: Path) -> None:
     """Read safetensors weights into ``model`` (cast to its dtype), naming the file on failure."""
     try:
@@ -199,6 +203,7 @@ def load_weights(model: Summarizer, path: Path) -> None:
         raise GatesumError(
             f"{path}: unreadable weights ({error}); the file is truncated or corrupt"
         ) from None
+    weights = {RENAMED_WEIGHTS.get(name, name): tensor for name, tensor in weights.items()}
     expected = dict(model.named_parameters())
     if set(weights) != set(expected):
         missing, unexpected = sorted(set(expected) - set(weights)), sorted(set(weights) - set(expected))

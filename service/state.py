@@ -82,7 +82,8 @@ class ModelService:
         if self.settings.torch_threads:
             torch.set_num_threads(self.settings.torch_threads)
         started = time.perf_counter()
-        bundle = load(self.settings.model, self.settings.device, device_option="GATESUM_DEVICE").bundle
+        loaded = load(self.settings.model, self.settings.device, device_option="GATESUM_DEVICE")
+        bundle, device = loaded.bundle, loaded.device
         log.info("startup: model bundle %s loaded in %.2f s", bundle.path, time.perf_counter() - started)
         if device.type == "cpu":  # our compiled loops are CPU code
             self._build_loops()

@@ -196,16 +196,3 @@ def test_additive_attention_computes_bahdanaus_scores():
     scores = (torch.tanh(u) @ attention.score_vector.weight.squeeze(0)).masked_fill(~mask, float("-inf"))
     torch.testing.assert_close(weights.double(), torch.softmax(scores, -1), atol=1e-7, rtol=0)
     torch.testing.assert_close(context, torch.bmm(weights.unsqueeze(1).double(), memory).squeeze(1))
-
-
-def test_bundles_from_before_w_c_was_named_still_load():
-    """Older bundles call w_c "coverage_weight" and carry λ in the model config."""
-    torch.manual_seed(0)
-    model = Summarizer(tiny_config(coverage=True))
-    state = model.state_dict()
-    state["decoder.attention.coverage_weight"] = torch.full_like(state.pop("decoder.attention.w_c"), 0.25)
-    restored = Summarizer(
-        ModelConfig.from_dict({**tiny_config(coverage=True).to_dict(), "coverage_loss_weight": 0.0})
-    )
-    restored.load_state_dict(state)
-    assert torch.all(restored.decoder.attention.w_c == 0.25)

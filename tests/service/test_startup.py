@@ -58,13 +58,13 @@ def server_post(url: str, body: dict) -> tuple[int, dict[str, str], dict]:
 def test_readyz_is_503_loading_within_2_s_then_200(monkeypatch, tiny_bundle: Path) -> None:
     """A real uvicorn with a load that takes as long as the test wants: the port answers at once."""
     release = threading.Event()
-    real_load = state.load_bundle
+    real_load = state.load
 
     def slow_load(*args, **kwargs):
         release.wait(timeout=60)
         return real_load(*args, **kwargs)
 
-    monkeypatch.setattr(state, "load_bundle", slow_load)
+    monkeypatch.setattr(state, "load", slow_load)
     port = free_port()
     url = f"http://127.0.0.1:{port}"
     server = uvicorn.Server(
