@@ -2,15 +2,26 @@
 understands in ``error`` (``detail`` keeps pydantic's machine-readable items for a 422).
 
     400  the body is not UTF-8 text
-    413  the body is over the size limit (``limits.BodyLimitMiddleware``)
-    422  the body is not JSON, or a field is missing, of the wrong type or out of bounds
+    401  no known API key (``security.AccessMiddleware``, when keys are set)
+    408  the body did not arrive in time (``limits.RequestLimitsMiddleware``)
+    413  the body is over the size limit (``limits.RequestLimitsMiddleware``)
+    415  the body is not ``application/json``, or is compressed
+    422  the body is not JSON, or a field is missing, of the wrong type or out of bounds, or a
+         text has nothing left once control characters are removed
+    429  the client is over its rate (with Retry-After; ``security.AccessMiddleware``)
     503  the model is loading (with Retry-After) or failed to load, or the queue is full
+    504  the request took longer than the service's timeout
+
+What a client reads names no file path and no library's internals: ``public`` strips them
+(the log keeps the whole message).
 """
 
 from __future__ import annotations
 
 import logging
+import re
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 from fastapi import Request
@@ -40,6 +51,40 @@ SENTENCES = {
     "model_attributes_type": "{field} must be a JSON object.",
     "dict_type": "{field} must be a JSON object.",
 }
+
+
+# an absolute or dot-relative path: /srv/models/x/config.json, ../shared/data/train.jsonl.gz
+PATH = re.compile(r"""(?<![\w:/])\.{0,2}/[^\s:;,()'"]+""")
+
+
+# what marks a parenthesized detail as a library's words: "Internal: src/x.cc(1102) [...]",
+# "Expecting value: line 1 column 2 (char 1)", "__init__() got ...", "missing ['encoder.w']"
+INTERNALS = re.compile(r": |[\[\]()_/\\]")
+
+
+def public(message: str, *known: str | Path) -> str:
+    """``message`` without file paths (each becomes its last name: a bundle directory's name, a
+    file's name; ``known`` paths first, which may hold spaces) and without the parenthesized
+    details that follow a word and a space and read like a library's internals (``INTERNALS``);
+    our own advice stays ("(set GATESUM_MODEL ...)", "(auto, cpu, cuda, cuda:N or mps)")."""
+    for path in sorted(map(str, known), key=len, reverse=True):
+        if path.strip("/"):
+            message = message.replace(path.rstrip("/"), Path(path).name)
+    message = PATH.sub(lambda match: match.group().rstrip("/").rsplit("/", 1)[-1] or "/", message)
+    kept, group, depth = [], [], 0
+    for character in message:
+        if character == "(" and (depth or kept[-1:] == [" "]):
+            depth += 1
+        (group if depth else kept).append(character)
+        if character == ")" and depth:
+            depth -= 1
+            if not depth:
+                if "GATESUM_" in "".join(group) or not INTERNALS.search("".join(group)[1:-1]):
+                    kept += group
+                else:
+                    kept.pop()  # the space before it
+                group = []
+    return "".join(kept + group)
 
 
 def field_name(loc: Sequence[str | int]) -> str:
@@ -96,7 +141,8 @@ async def validation_error(request: Request, error: RequestValidationError) -> J
 
 
 async def http_error(request: Request, error: HTTPException) -> JSONResponse:
-    message = str(error.detail)
+    service = getattr(request.app.state, "service", None)
+    message = public(str(error.detail), *([service.settings.model] if service else []))
     if error.status_code == 400 and isinstance(error.__cause__, UnicodeDecodeError):
         # FastAPI's body parsing says only "There was an error parsing the body"
         cause = error.__cause__

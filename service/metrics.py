@@ -53,16 +53,24 @@ class MetricsMiddleware:
             return
         route = scope["path"] if scope["path"] in self.routes else "other"
         status = 500  # unless a response starts
+        responded = False
+        hung_up = False  # the client went away before its answer (counted as 499, nginx's code)
         started = time.perf_counter()
 
+        async def receive_watching() -> Message:
+            nonlocal hung_up
+            message = await receive()
+            hung_up = hung_up or (message["type"] == "http.disconnect" and not responded)
+            return message
+
         async def send_with_status(message: Message) -> None:
-            nonlocal status
+            nonlocal status, responded
             if message["type"] == "http.response.start":
-                status = message["status"]
+                status, responded = message["status"], True
             await send(message)
 
         try:
-            await self.app(scope, receive, send_with_status)
+            await self.app(scope, receive_watching, send_with_status)
         finally:
-            self.metrics.requests.labels(route, str(status)).inc()
+            self.metrics.requests.labels(route, "499" if hung_up else str(status)).inc()
             self.metrics.latency.labels(route).observe(time.perf_counter() - started)

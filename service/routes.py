@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import time
-from pathlib import Path
+from pathlib import Path, PurePosixPath
+from typing import Any
 
 from fastapi import APIRouter, HTTPException, Response
 from fastapi.responses import FileResponse, JSONResponse
@@ -11,6 +12,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from gatesum.model.pipeline import Summary
 from gatesum.service.batching import QueueFull
+from gatesum.service.errors import public
 from gatesum.service.explain import explanation
 from gatesum.service.schemas import (
     BatchRequest,
@@ -25,19 +27,24 @@ from gatesum.service.schemas import (
 from gatesum.service.state import ModelService, ReadyService, Service
 
 STATIC = Path(__file__).parent / "static"
-ERRORS = {
+# every error a route can answer, in OpenAPI (the API routes answer all of these; /v1/model
+# the access and availability ones)
+ERRORS: dict[int | str, dict[str, Any]] = {
     400: {"model": ErrorResponse, "description": "the request body is not UTF-8 text"},
-    422: {
-        "model": ErrorResponse,
-        "description": "the body is not JSON, or a field is missing, of the wrong type or out of bounds",
-    },
-    503: {
-        "model": ErrorResponse,
-        "description": "the model is loading or failed to load, or the queue is full "
-        "(with Retry-After where a retry can succeed)",
-    },
+    401: {"model": ErrorResponse, "description": "API keys are set and the request has no known "
+          "'Authorization: Bearer <key>' (with WWW-Authenticate)"},
+    408: {"model": ErrorResponse, "description": "the request body did not arrive in time"},
+    413: {"model": ErrorResponse, "description": "the request body is over the size limit"},
+    415: {"model": ErrorResponse, "description": "the request body is not application/json "
+          "(UTF-8), or is compressed"},
+    422: {"model": ErrorResponse, "description": "the body is not JSON, or a field is missing, of the "
+          "wrong type or out of bounds, or a text has nothing readable"},
+    429: {"model": ErrorResponse, "description": "the client is over its rate limit (with Retry-After)"},
+    503: {"model": ErrorResponse, "description": "the model is loading or failed to load, or the "
+          "queue or the server's connections are full (with Retry-After where a retry can succeed)"},
     504: {"model": ErrorResponse, "description": "the request took longer than the service's timeout"},
-}
+}  # fmt: skip
+ACCESS_ERRORS = {status: ERRORS[status] for status in (401, 429, 503)}
 router = APIRouter()
 
 
@@ -64,14 +71,15 @@ def readyz(service: Service) -> Health | JSONResponse:
     """The model is loaded and requests can be served; 503 with the reason until then ("loading"
     while it loads, else why loading failed). The container's health check probes this."""
     if not service.ready:
-        return JSONResponse(Health(status="unavailable", reason=service.reason).model_dump(), status_code=503)
+        reason = public(service.reason, service.settings.model)  # the log has the paths
+        return JSONResponse(Health(status="unavailable", reason=reason).model_dump(), status_code=503)
     return Health(status="ready", model=service.name)
 
 
-@router.get("/v1/model", response_model=ModelCard, responses={503: ERRORS[503]})
+@router.get("/v1/model", response_model=ModelCard, responses=ACCESS_ERRORS)
 def model_card(service: ReadyService) -> ModelCard:
     """The model bundle's card: cell, sizes, training data, metrics."""
-    return ModelCard(name=service.name, path=str(service.bundle.path), card=service.bundle.card)
+    return ModelCard(name=service.name, card=public_card(service.bundle.card))
 
 
 @router.post("/v1/summarize", response_model=SummaryResponse, responses=ERRORS)
@@ -118,6 +126,29 @@ async def _summarize(service: ModelService, texts: list[str], request: Summarize
     except TimeoutError:
         service.metrics.rejected.labels("timeout").inc()
         raise HTTPException(504, f"timed out after {service.settings.request_timeout_s:g} s") from None
+
+
+# what /v1/model shows of a bundle's config.json: not the training options (they hold paths and
+# machine details) nor where it was exported from
+CARD_SECTIONS = ("format", "version", "model", "tokenizer", "normalizer", "data", "metrics", "weights_dtype")
+
+
+def public_card(card: dict[str, Any]) -> dict[str, Any]:
+    """The card's public sections; the training data's files by name only."""
+    shown = {key: card[key] for key in CARD_SECTIONS if key in card}
+    if isinstance(shown.get("tokenizer"), dict):
+        shown["tokenizer"] = {k: v for k, v in shown["tokenizer"].items() if k != "file"}
+    if isinstance(shown.get("data"), dict):
+        data = dict(shown["data"])
+        for key, value in data.items():
+            if isinstance(value, str) and "/" in value:
+                data[key] = PurePosixPath(value).name
+            elif isinstance(value, list):
+                data[key] = [PurePosixPath(v).name if isinstance(v, str) else v for v in value]
+        shown["data"] = data
+    if isinstance(card.get("selector"), dict):
+        shown["selector"] = {"model": card["selector"].get("model")}
+    return shown
 
 
 def _response(summary: Summary, started: float, service: ModelService) -> SummaryResponse:

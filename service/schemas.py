@@ -6,6 +6,8 @@ The text and batch limits come from ``Settings`` (``GATESUM_MAX_TEXT_CHARS``,
 
 from __future__ import annotations
 
+import sys
+import unicodedata
 from typing import Annotated, Any
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, create_model, model_validator
@@ -21,13 +23,39 @@ EXAMPLE_TEXT = (
 )
 
 
-def _not_blank(text: str) -> str:
+# Control characters (NUL, ESC, ...; tab and line breaks excepted) become spaces and invisible
+# format characters (zero-width spaces and joiners, BOM, soft hyphen, bidi marks) are removed,
+# before the model and before the emptiness check: they carry no words, and a NUL must not come
+# back inside a summary (the decoder copies source tokens).
+CONTROL_CHARACTERS = str.maketrans(
+    {
+        code: (" " if unicodedata.category(chr(code)) == "Cc" else None)
+        for code in range(sys.maxunicode + 1)
+        if unicodedata.category(chr(code)) in ("Cc", "Cf") and chr(code) not in "\t\n\r"
+    }
+)
+
+
+def clean_text(text: str) -> str:
+    """``text`` without control and format characters; 422 when nothing readable is left."""
     if not text.strip():
         raise ValueError("is empty or only whitespace")  # errors.py prefixes the field
+    text = text.translate(CONTROL_CHARACTERS)
+    if not text.strip():
+        raise ValueError("holds only control or invisible characters")
     return text
 
 
-Text = Annotated[str, Field(min_length=1, max_length=_limits.max_text_chars), AfterValidator(_not_blank)]
+Text = Annotated[
+    str,
+    Field(
+        min_length=1,
+        max_length=_limits.max_text_chars,
+        description="raw text; control and invisible format characters are removed, and something "
+        "readable must be left",
+    ),
+    AfterValidator(clean_text),
+]
 
 
 def _generation_fields() -> dict[str, Any]:
@@ -186,15 +214,17 @@ class Health(BaseModel):
 
 class ModelCard(BaseModel):
     name: str
-    path: str
-    card: dict[str, Any] = Field(description="the bundle's config.json: cell, sizes, data, metrics")
+    card: dict[str, Any] = Field(
+        description="from the bundle's config.json: the architecture and sizes (model), tokenizer and "
+        "normalizer settings, the training data's columns and limits, and the metrics; no file "
+        "paths and no training options"
+    )
 
     model_config = ConfigDict(
         json_schema_extra={
             "examples": [
                 {
                     "name": "cnndm-lstm-small",
-                    "path": "/app/pretrained/cnndm-lstm-small",
                     "card": {
                         "model": {"encoder_cell": "lstm", "encoder_hidden_size": 256},
                         "data": {"source_max_tokens": 400},

@@ -5,19 +5,31 @@ are passed on through the environment, so that every uvicorn worker process read
 The port opens at once; the model loads in the background (see ``state.ModelService``), and
 gatesum's own log lines (each startup phase and its duration, a failed load at ERROR) go to
 uvicorn's log handler at ``--log-level``.
+
+Bad settings or flags (``GATESUM_MAX_QUEUE=abc``, ``--port 99999``) are one line and exit 2,
+checked by the same ``Settings`` on both paths before uvicorn starts. A host beyond loopback
+without API keys is refused too, unless ``GATESUM_ALLOW_ANONYMOUS`` says to serve anyone.
+Connection limits (``settings.py``: head and body timeouts, keep-alive, connections, header
+size) are passed to uvicorn here, with its h11 protocol and no ``server`` header.
 """
 
 from __future__ import annotations
 
 import argparse
 import copy
+import ipaddress
 import os
 from typing import Any
 
+from pydantic import ValidationError
+
+from gatesum.model.errors import GatesumError
 from gatesum.service.settings import Settings
 
 # flag -> the Settings field (and GATESUM_ variable) it sets
 FLAGS = {
+    "host": "host",
+    "port": "port",
     "model": "model",
     "device": "device",
     "max_batch_size": "max_batch_size",
@@ -89,17 +101,76 @@ def run(args: argparse.Namespace) -> int:
         value = getattr(args, flag)
         if value is not None:
             os.environ[f"GATESUM_{field.upper()}"] = str(value)
-    settings = Settings()  # flags and environment together, checked before uvicorn starts
+    settings = checked_settings()  # flags and environment together, checked before uvicorn starts
+    if args.workers < 1:
+        raise GatesumError("--workers must be at least 1")
     uvicorn.run(
         "gatesum.service.app:app",
-        host=args.host or settings.host,
-        port=args.port or settings.port,
+        host=settings.host,
+        port=settings.port,
         workers=args.workers,
         log_level=args.log_level,
         log_config=log_config(args.log_level),
-        proxy_headers=False,
+        **connection_options(settings),
     )
     return 0
+
+
+def connection_options(settings: Settings) -> dict[str, Any]:
+    """uvicorn's options for the connection limits of ``settings`` (its h11 protocol, with the
+    head deadline) and no ``server`` header (nor proxy headers: X-Forwarded-For is not trusted)."""
+    from gatesum.service.connections import IMPORT_STRING
+
+    return {
+        "http": IMPORT_STRING,
+        "timeout_keep_alive": settings.keep_alive_s,
+        "limit_concurrency": settings.max_connections,
+        "h11_max_incomplete_event_size": settings.max_header_bytes,
+        "server_header": False,
+        "proxy_headers": False,
+    }
+
+
+def checked_settings() -> Settings:
+    """``Settings()``, its errors as one GatesumError line; the API keys read, and required on a
+    host beyond loopback unless GATESUM_ALLOW_ANONYMOUS."""
+    from gatesum.service.security import load_keys
+
+    try:
+        settings = Settings()
+    except ValidationError as error:
+        raise GatesumError(settings_error(error)) from None
+    keys = load_keys(settings)
+    if not keys and not settings.allow_anonymous and not is_loopback(settings.host):
+        raise GatesumError(
+            f"listening on {settings.host} would serve anyone who reaches the port: set "
+            "GATESUM_API_KEYS or GATESUM_API_KEYS_FILE, or GATESUM_ALLOW_ANONYMOUS=true"
+        )
+    return settings
+
+
+def settings_error(error: ValidationError) -> str:
+    """One line: each bad setting by its flag and variable, e.g. "--port / GATESUM_PORT: Input
+    should be less than or equal to 65535 (got 99999)"."""
+    flags = {field: flag for flag, field in FLAGS.items()}
+    parts = []
+    for item in error.errors():
+        field = str(item["loc"][0]) if item["loc"] else "?"
+        name = f"GATESUM_{field.upper()}"
+        if field in flags:
+            name = f"--{flags[field].replace('_', '-')} / {name}"
+        shown = "" if "key" in field else f" (got {str(item.get('input'))[:40]!r})"  # never a secret
+        parts.append(f"{name}: {item['msg']}{shown}")
+    return "bad settings: " + "; ".join(parts)
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 def log_config(level: str) -> dict[str, Any]:

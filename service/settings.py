@@ -19,7 +19,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
-from pydantic import Field, create_model
+from pydantic import Field, SecretStr, create_model
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from gatesum.model.bundle import BUNDLED_MODEL
@@ -68,6 +68,49 @@ class Settings(GenerationSettings):
     )
 
     # The generation defaults (beam_size, max_length, ...) are fields of GenerationSettings above.
+
+    # --- access: API keys and per-client rate limits (service/security.py) ----------------------
+    # Both are off by default, which suits the default host (127.0.0.1). A host beyond loopback
+    # (0.0.0.0, as in the Docker image) refuses to start without keys unless allow_anonymous says
+    # so: anyone who can reach the port could otherwise use the model.
+    api_keys: SecretStr = Field(
+        SecretStr(""),
+        description="API keys, comma-separated, each 'name=key' or 'name=sha256:<hex digest of the key>' "
+        "(a bare key is named by its position); with any key set, /v1/* and /metrics need "
+        "'Authorization: Bearer <key>' (401 without a known key)",
+    )
+    api_keys_file: Path | None = Field(
+        None, description="a file of API keys, one 'name=key' or 'name=sha256:<hex>' per line (# comments)"
+    )
+    allow_anonymous: bool = Field(
+        False,
+        description="serve without API keys on a host beyond loopback (e.g. behind an authenticating proxy)",
+    )
+    rate_limit_per_s: float = Field(
+        0.0, ge=0, description="requests per second per API key (per client address without keys); 0 = off"
+    )
+    rate_limit_burst: int = Field(
+        10, ge=1, description="requests a client may make at once before the rate applies (the bucket size)"
+    )
+
+    # --- connections: what `gatesum serve` passes to uvicorn (its h11 protocol) -----------------
+    # A slow client must not hold a connection: the request head must arrive within
+    # header_timeout_s of the connection opening (or of the previous response), and each piece of
+    # the body within body_timeout_s (else 408 and the connection is closed). Past max_connections
+    # open connections, new requests get 503 at once.
+    header_timeout_s: float = Field(
+        10.0, gt=0, description="seconds to receive a request's head (line + headers)"
+    )
+    body_timeout_s: float = Field(
+        30.0, gt=0, description="seconds to wait for each piece of a request body; past it, 408"
+    )
+    keep_alive_s: float = Field(5.0, gt=0, description="an idle keep-alive connection is closed after this")
+    max_connections: int = Field(
+        512, ge=1, description="open connections (and requests in progress); past it, 503"
+    )
+    max_header_bytes: int = Field(
+        16_384, ge=1024, description="request line and headers, bytes; past it, 400"
+    )
 
     @property
     def generation(self) -> GenerationConfig:

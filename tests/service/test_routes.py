@@ -8,6 +8,8 @@ from pathlib import Path
 from fastapi.testclient import TestClient
 
 from gatesum.service import state
+from gatesum.service.errors import public
+from gatesum.service.routes import public_card
 from tests.service.helpers import ARTICLE, SOURCE_MAX_TOKENS, make_settings, serving
 
 
@@ -71,19 +73,52 @@ def test_explain_returns_attention_and_memory_per_source_token(client: TestClien
 
 
 def test_model_card(client: TestClient, tiny_bundle: Path) -> None:
-    body = client.get("/v1/model").json()
-    assert body["name"] == "tiny-untrained" and body["path"] == str(tiny_bundle)
+    response = client.get("/v1/model")
+    body = response.json()
+    assert body["name"] == "tiny-untrained" and set(body) == {"name", "card"}
     assert body["card"]["model"]["encoder_cell"] == "lstm"
     assert body["card"]["model"]["encoder_hidden_size"] == 16
     assert body["card"]["data"]["source_max_tokens"] == SOURCE_MAX_TOKENS
+    # no filesystem paths, no training options
+    assert str(tiny_bundle) not in response.text and "/tmp" not in response.text
+    assert "training" not in body["card"] and "exported_from" not in body["card"]
+
+
+def test_public_card_keeps_the_facts_and_drops_paths_and_training_options() -> None:
+    card = {"name": "m", "model": {"encoder_cell": "lstm"}, "metrics": {"rouge1": 0.3},
+            "data": {"source": ["../shared/data/cnndm/train.jsonl.gz", "/srv/x/val.csv"], "text_column": "a"},
+            "tokenizer": {"file": "tokenizer.model", "vocab_size": 100},
+            "training": {"options": {"output": "/home/me/runs"}},
+            "exported_from": "/home/me/runs/x"}  # fmt: skip
+    assert public_card(card) == {
+        "model": {"encoder_cell": "lstm"},
+        "metrics": {"rouge1": 0.3},
+        "data": {"source": ["train.jsonl.gz", "val.csv"], "text_column": "a"},
+        "tokenizer": {"vocab_size": 100},
+    }
+
+
+def test_error_messages_lose_paths_and_library_details() -> None:
+    assert public("/srv/models/x/model.safetensors: unreadable (HeaderTooLarge); corrupt") == (
+        "model.safetensors: unreadable; corrupt"
+    )
+    advice = "not found: /a b/x is not a directory (set GATESUM_MODEL to a bundle directory)"
+    assert (
+        public(advice, "/a b/x")
+        == "not found: x is not a directory (set GATESUM_MODEL to a bundle directory)"
+    )
+    assert public("this machine has 0 CUDA device(s)") == "this machine has 0 CUDA device(s)"
 
 
 def test_metrics_count_requests_and_batches(client: TestClient) -> None:
     client.post("/v1/summarize", json={"text": ARTICLE})
     client.post("/v1/summarize", json={"text": ""})
+    oversized = json.dumps({"text": "x" * (2 << 20)})  # refused on its declared size
+    client.post("/v1/summarize", content=oversized, headers={"content-type": "application/json"})
     text = client.get("/metrics").text
     assert 'gatesum_requests_total{route="/v1/summarize",status="200"} 1.0' in text
     assert 'gatesum_requests_total{route="/v1/summarize",status="422"} 1.0' in text
+    assert 'gatesum_requests_total{route="/v1/summarize",status="413"} 1.0' in text
     assert "gatesum_request_latency_seconds_bucket" in text
     assert "gatesum_batch_size_count 1.0" in text
     assert "gatesum_queue_depth 0.0" in text
@@ -124,6 +159,7 @@ def test_missing_model_starts_but_is_not_ready(tmp_path: Path) -> None:
         ready = client.get("/readyz")
         assert ready.status_code == 503
         assert "nowhere" in ready.json()["reason"] and "GATESUM_MODEL" in ready.json()["reason"]
+        assert str(tmp_path) not in ready.text  # the directory's name, not its path (the log has it)
         refused = client.post("/v1/summarize", json={"text": ARTICLE})
         assert refused.status_code == 503 and "model not ready" in refused.json()["error"]
         assert client.get("/v1/model").status_code == 503
@@ -138,6 +174,7 @@ def test_corrupt_bundle_is_a_readable_503_not_a_traceback(tmp_path: Path, tiny_b
     with serving(make_settings(broken)) as client:
         reason = client.get("/readyz").json()["reason"]
         assert "model.safetensors" in reason and "Traceback" not in reason
+        assert str(tmp_path) not in reason and "deserializ" not in reason  # no path, no safetensors internals
     card = json.loads((tiny_bundle / "config.json").read_text())
     assert card["format"] == "gatesum-bundle"  # the fixture bundle itself is untouched
 
