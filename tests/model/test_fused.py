@@ -15,6 +15,7 @@ def _recurrence_inputs(D: int, T: int, B: int, features: int, H: int) -> list[to
     return [x, weight_ih, weight_hh, torch.randn(D, 4 * H), torch.randn(D, B, H), torch.randn(D, B, H)]
 
 
+@pytest.mark.slow  # trains or gradchecks for seconds: outside the fast lane
 def test_hand_written_backward_passes_gradcheck():
     torch.manual_seed(0)
     inputs = [tensor.double().requires_grad_() for tensor in _recurrence_inputs(2, 5, 3, 3, 4)]
@@ -32,6 +33,7 @@ def test_chunked_inference_equals_the_training_forward(chunk):
         torch.testing.assert_close(got_part, want_part, atol=1e-6, rtol=0)
 
 
+@pytest.mark.slow  # trains or gradchecks for seconds: outside the fast lane
 def test_recurrent_passes_gradcheck_with_padding():
     torch.manual_seed(1)
     layer = Recurrent("lstm", 3, 4, num_layers=2, bidirectional=True).double()

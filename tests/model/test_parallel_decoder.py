@@ -109,6 +109,7 @@ def test_parallel_training_gives_the_loss_and_gradients_of_stepping(monkeypatch,
         assert parallel_grads["decoder.attention.w_c"].abs().max() > 1e-4
 
 
+@pytest.mark.slow  # trains or gradchecks for seconds: outside the fast lane
 def test_parallel_decoder_learns_and_generates():
     torch.manual_seed(0)
     model = Summarizer(tiny_config(input_feeding=False))

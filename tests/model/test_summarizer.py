@@ -42,6 +42,7 @@ def train(model, batch, steps, lr=0.02):
     return loss.item()
 
 
+@pytest.mark.slow  # trains or gradchecks for seconds: outside the fast lane
 @pytest.mark.parametrize("cell", ["rnn", "gru", "lstm"])
 @pytest.mark.parametrize(
     "attention,copy",
@@ -60,6 +61,7 @@ def test_overfits_a_handful_of_pairs(cell, attention, copy):
     assert result.tokens == TARGETS
 
 
+@pytest.mark.slow  # trains or gradchecks for seconds: outside the fast lane
 @pytest.mark.parametrize("attention", ["general", "dot"])
 def test_multiplicative_attention_learns(attention):
     torch.manual_seed(0)
