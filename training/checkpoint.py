@@ -14,6 +14,7 @@ import dataclasses
 import io
 import json
 import random
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -24,6 +25,8 @@ from gatesum.model.bundle import recover_directory, write_atomically
 from gatesum.model.errors import GatesumError
 
 STATE_FILE = "trainer_state.pt"
+# what a training run writes into its output directory
+CHECKPOINT_DIR, BEST_DIR, METRICS_FILE = "checkpoint", "best", "metrics.jsonl"
 
 
 @dataclass
@@ -46,7 +49,7 @@ class TrainerState:
 
 def load_trainer_state(output_dir: Path) -> TrainerState:
     """The state saved in ``output_dir/checkpoint``; GatesumError when it is missing or unreadable."""
-    directory = Path(output_dir) / "checkpoint"
+    directory = Path(output_dir) / CHECKPOINT_DIR
     recover_directory(directory)
     path = directory / STATE_FILE
     if not path.exists():
@@ -82,12 +85,49 @@ def restore_rng(state: dict[str, Any]) -> None:
     random.setstate((version, tuple(internal), gauss))
 
 
-def trim_metrics(path: Path, step: int) -> None:
+def trim_metrics(path: Path, step: int) -> list[str]:
     """Drop the log lines a killed run wrote after its last checkpoint: the resumed run
-    trains those steps again and logs them itself."""
+    trains those steps again and logs them itself. A last line cut short by the kill is dropped
+    too; the returned warnings say so. GatesumError for a broken line before the last."""
     if not path.exists():
-        return
-    lines = path.read_text(encoding="utf-8").splitlines(keepends=True)
-    kept = [line for line in lines if line.strip() and json.loads(line).get("step", 0) <= step]
-    if len(kept) != len(lines):
+        return []
+    lines = path.read_text(encoding="utf-8", errors="replace").splitlines(keepends=True)
+    kept, warnings = [], []
+    for number, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:
+            if number < len(lines):
+                raise GatesumError(
+                    f"{path}: line {number} is not JSON; mend or delete it to resume"
+                ) from None
+            warnings.append(f"{path}: dropped its last line, cut short by the stop ({len(line)} characters)")
+            continue
+        if record.get("step", 0) <= step:
+            kept.append(line if line.endswith("\n") else line + "\n")  # the next record starts a line
+    if kept != lines:
         write_atomically(path, "".join(kept).encode())
+    return warnings
+
+
+def remove_stale_files(output_dir: Path) -> list[str]:
+    """Finish what a killed save left undone in ``output_dir``: put back a bundle whose swap it
+    interrupted (``recover_directory``), and delete the half-written temporaries it left
+    (``.checkpoint.tmp-*``, ``.best.tmp-*`` folders, ``.metrics.jsonl.*`` files). Returns their
+    names. Call it before this run saves anything: a temporary of its own would look the same."""
+    output_dir = Path(output_dir)
+    if not output_dir.is_dir():
+        return []
+    for bundle in (CHECKPOINT_DIR, BEST_DIR):
+        recover_directory(output_dir / bundle)
+    removed = []
+    for pattern in (f".{CHECKPOINT_DIR}.tmp-*", f".{BEST_DIR}.tmp-*", f".{METRICS_FILE}.*"):
+        for path in sorted(output_dir.glob(pattern)):
+            if path.is_dir():
+                shutil.rmtree(path, ignore_errors=True)
+            else:
+                path.unlink(missing_ok=True)
+            removed.append(path.name)
+    return removed

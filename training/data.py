@@ -15,8 +15,9 @@ import hashlib
 import json
 import os
 import random
+from collections import Counter
 from collections.abc import Iterator, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +28,7 @@ from torch.nn.utils.rnn import pad_sequence
 from gatesum.model.errors import GatesumError
 from gatesum.model.text import NormalizerConfig, normalize
 from gatesum.model.tokenizer import BOS_ID, EOS_ID, PAD_ID, Tokenizer
+from gatesum.training.fields import option
 
 # Where the shared datasets live (cnndm/, long/): $GATESUM_DATA, else ../shared/data beside the
 # directory the command runs in (the layout of a checkout next to its shared data).
@@ -41,27 +43,73 @@ _HUB_ERRORS = (datasets.exceptions.DatasetNotFoundError, FileNotFoundError, Conn
 class DataConfig:
     """Where the pairs come from and how they are cut and batched."""
 
-    dataset: str | None = None  # Hub name, e.g. "abisee/cnn_dailymail" (needs the network)
-    dataset_config: str | None = None  # Hub configuration, e.g. "3.0.0"
-    data_files: list[str] = field(default_factory=list)  # local files; "{split}" becomes the split
-    text_column: str = "article"
-    summary_column: str = "highlights"
-    split: str = "train"
-    source_max_tokens: int = 400  # longer articles are truncated (and flagged)
-    target_max_tokens: int = 100
-    batch_tokens: int = 6000  # padded (source + target) tokens per batch
-    limit: int | None = None  # keep only the first `limit` pairs (smoke runs)
-    cache_dir: str | None = None  # datasets cache; None: ~/.cache/huggingface/datasets
+    dataset: str | None = option(
+        None, "Hugging Face Hub dataset, e.g. abisee/cnn_dailymail (needs the network)"
+    )
+    dataset_config: str | None = option(None, "Hub dataset configuration, e.g. 3.0.0")
+    data_files: list[str] = option(
+        [], "local .jsonl/.jsonl.gz/.csv/.parquet files; '{split}' in a name becomes the split"
+    )
+    text_column: str = option("article", "column holding the document (CNN/DM: article; XSum: document)")
+    summary_column: str = option(
+        "highlights", "column holding the reference summary (CNN/DM: highlights; XSum: summary)"
+    )
+    split: str = option("train", "split to train on")
+    source_max_tokens: int = option(
+        400, "source tokens the model reads; longer documents are truncated", minimum=1
+    )
+    target_max_tokens: int = option(
+        100, "summary tokens trained on; longer summaries are truncated", minimum=1
+    )
+    batch_tokens: int = option(
+        6000, "padded source+target tokens per batch (batches are built by token count)", minimum=1
+    )
+    limit: int | None = option(None, "use only the first N training pairs (smoke runs)", minimum=1)
+    cache_dir: str | None = option(None, "datasets cache directory (default: ~/.cache/huggingface/datasets)")
+
+
+@dataclass
+class DataReport:
+    """What loading one split did to its rows: read, dropped (by reason), cut by --limit, used."""
+
+    split: str
+    read: int
+    dropped: dict[str, int]  # reason ("empty article") -> rows; only reasons that occurred
+    limited: int  # rows past --limit
+    used: int
+
+    def line(self) -> str:
+        """``train: 400 rows read, 200 dropped (empty article 150, empty highlights 50), 200 used``"""
+        reasons = ", ".join(f"{reason} {count}" for reason, count in self.dropped.items())
+        dropped = sum(self.dropped.values())
+        text = f"{self.split}: {self.read} rows read, {dropped} dropped"
+        text += f" ({reasons})" if reasons else ""
+        if self.limited:
+            text += f", {self.limited} past the limit"
+        return f"{text}, {self.used} used"
+
+
+@dataclass
+class LoadedPairs:
+    pairs: datasets.Dataset  # columns source, target (+ id)
+    report: DataReport
 
 
 # --- loading --------------------------------------------------------------------------------------
 
 
 def load_pairs(config: DataConfig, split: str | None = None) -> datasets.Dataset:
-    """The ``split`` (default ``config.split``) as a Dataset with columns source, target (+ id).
+    """The ``split`` (default ``config.split``) as a Dataset with columns source, target (+ id);
+    ``load_split`` says the same with a report of the rows dropped."""
+    return load_split(config, split).pairs
 
-    Pairs with an empty source or target are dropped. GatesumError for a missing file, an
-    unreadable line, an unknown column or an empty result.
+
+def load_split(config: DataConfig, split: str | None = None) -> LoadedPairs:
+    """The ``split`` (default ``config.split``) as a Dataset with columns source, target (+ id),
+    and a report of what was read and dropped.
+
+    Pairs with an empty (or whitespace, or missing) source or target are dropped and counted by
+    reason. GatesumError for a missing file, an unreadable line, an unknown column or an empty result.
     """
     split = split or config.split
     if config.data_files:
@@ -79,12 +127,28 @@ def load_pairs(config: DataConfig, split: str | None = None) -> datasets.Dataset
     renames = {config.text_column: "source_text", config.summary_column: "target_text"}
     dataset = dataset.rename_columns(renames)
     dataset = dataset.rename_columns({"source_text": "source", "target_text": "target"})
-    dataset = dataset.filter(_has_text, batched=True, desc="dropping empty pairs")
+    read = len(dataset)
+    # A small column of reasons, counted, then filtered on: both steps are cached by datasets,
+    # and the counts come from the column, so a cache hit reports the same numbers.
+    dataset = dataset.map(_empty_reason, batched=True, desc="finding empty pairs")
+    codes = list(dataset["empty"])
+    reasons = {
+        EMPTY_SOURCE: f"empty {config.text_column}",
+        EMPTY_TARGET: f"empty {config.summary_column}",
+        EMPTY_BOTH: f"empty {config.text_column} and {config.summary_column}",
+    }
+    counts = Counter(codes)
+    dropped = {label: counts[code] for code, label in reasons.items() if counts[code]}
+    if dropped:
+        dataset = dataset.filter(_is_kept, input_columns="empty", batched=True, desc="dropping empty pairs")
+    dataset = dataset.remove_columns("empty")
+    kept = len(dataset)
     if config.limit is not None:
         dataset = dataset.select(range(min(config.limit, len(dataset))))
     if len(dataset) == 0:
         raise GatesumError(f"{where}: no non-empty pairs in split {split!r}")
-    return dataset
+    report = DataReport(split, read, dropped, limited=kept - len(dataset), used=len(dataset))
+    return LoadedPairs(dataset, report)
 
 
 def _check_columns(dataset: datasets.Dataset, config: DataConfig, where: str) -> None:
@@ -98,8 +162,19 @@ def _check_columns(dataset: datasets.Dataset, config: DataConfig, where: str) ->
             raise GatesumError(f"{where}: column {column!r} holds {feature}, not text")
 
 
-def _has_text(batch: dict[str, list]) -> list[bool]:
-    return [bool(s and s.strip() and t and t.strip()) for s, t in zip(batch["source"], batch["target"])]
+EMPTY_SOURCE, EMPTY_TARGET, EMPTY_BOTH = 1, 2, 3  # the "empty" column's codes (0: a usable pair)
+
+
+def _empty_reason(batch: dict[str, list]) -> dict[str, list[int]]:
+    def empty(text: str | None) -> bool:
+        return not (text and text.strip())
+
+    return {"empty": [empty(s) * EMPTY_SOURCE + empty(t) * EMPTY_TARGET
+                      for s, t in zip(batch["source"], batch["target"])]}  # fmt: skip
+
+
+def _is_kept(codes: list[int]) -> list[bool]:
+    return [code == 0 for code in codes]
 
 
 def _load_hub(name: str, config_name: str | None, split: str, cache_dir: str | None):

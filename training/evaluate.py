@@ -9,7 +9,8 @@ ROUGE-1/2/L/Lsum F1, Porter stemming, Lsum over newline-separated sentences (``t
 
 Writes into --output-dir (default ``runs/eval-<bundle name>``):
 
-* ``report.json``: every number, the exact settings, the command line, the bundle's name and path;
+* ``report.json``: every number, the rows read and dropped (also printed to stderr), the exact
+  settings, the command line, the bundle's name and path;
 * ``report.md``: model and Lead-3 ROUGE, then the same by source length (≤400, 401–800, >800
   words of the normalized article), with truncation rate, summary lengths and decode speed; the
   same Markdown is printed to stdout;
@@ -42,7 +43,7 @@ from gatesum.model.bundle import Bundle, write_atomically
 from gatesum.model.pipeline import Summary, source_max_tokens, summarize_texts
 from gatesum.model.search import GenerationConfig
 from gatesum.model.text import normalize
-from gatesum.training.data import DataConfig, load_pairs
+from gatesum.training.data import DataConfig, load_split
 from gatesum.training.rouge import METRICS, aggregate, lead, rouge_per_document
 from gatesum.training.summarize import (
     add_generation_arguments,
@@ -96,12 +97,15 @@ def run(args: argparse.Namespace) -> int:
         cache_dir=args.cache_dir,
     )
     with quiet_datasets():  # our own progress bar is enough; and an error stays one line
-        pairs = load_pairs(data, args.split)
+        loaded = load_split(data, args.split)
+    print(loaded.report.line(), file=sys.stderr)  # rows read, dropped and why, used
+    pairs = loaded.pairs
     ids = list(pairs["id"]) if "id" in pairs.column_names else list(range(len(pairs)))
     report, documents = evaluate(
         bundle, list(pairs["source"]), list(pairs["target"]), generation, args.batch_size
     )
-    report = {**report, "settings": settings(args, bundle, generation), "bundle": describe_bundle(bundle)}
+    report = {**report, "rows": asdict(loaded.report), "settings": settings(args, bundle, generation),
+              "bundle": describe_bundle(bundle)}  # fmt: skip
     documents = [{"id": document_id, **record} for document_id, record in zip(ids, documents)]
     output_dir = Path(args.output_dir or f"runs/eval-{bundle.name}")
     markdown = render_markdown(report)

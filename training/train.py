@@ -16,6 +16,7 @@ import json
 import math
 import os
 import random
+import sys
 import time
 from contextlib import nullcontext
 from dataclasses import replace
@@ -36,12 +37,12 @@ from gatesum.model.summarizer import Summarizer
 from gatesum.model.text import NormalizerConfig, normalize
 from gatesum.training import checkpoint
 from gatesum.training.checkpoint import TrainerState
-from gatesum.training.data import TokenBatchSampler, collate, load_pairs, tokenize_pairs
-from gatesum.training.options import Options, load_options
+from gatesum.training.data import TokenBatchSampler, collate, tokenize_pairs
+from gatesum.training.options import Options, describe_changes, load_options, resume_changes
 from gatesum.training.options import add_arguments as add_option_arguments
 from gatesum.training.plots import plot_curves
 from gatesum.training.rouge import rouge
-from gatesum.training.setup import prepare_tokenizer, validation_pairs
+from gatesum.training.setup import load_training_pairs, prepare_tokenizer
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -135,6 +136,13 @@ class Trainer:
 
     def _prepare(self) -> None:
         config = self.train_config
+        if self.is_main:
+            removed = checkpoint.remove_stale_files(self.output_dir)  # a killed save's leftovers
+            if removed:
+                print(f"gatesum train: removed what a killed save left in {self.output_dir}: "
+                      f"{', '.join(removed)}", file=sys.stderr)  # fmt: skip
+        if self.distributed:
+            dist.barrier()  # every rank sees the recovered checkpoint/
         if not config.resume and (self.output_dir / "checkpoint").exists():
             raise GatesumError(
                 f"{self.output_dir}/checkpoint exists: pass --resume to continue that run, "
@@ -142,36 +150,33 @@ class Trainer:
             )  # never overwrite a run by accident
         state = checkpoint.load_trainer_state(self.output_dir) if config.resume else None
         # The options as this run resolves them, in copies: the Options handed in stay as they were.
-        model_config, tokenizer_config, data = self.options.model, self.options.tokenizer, self.options.data
-        if config.init_from and state is None:  # fine-tune: the bundle decides vocabulary and architecture
+        model_config, tokenizer_config = self.options.model, self.options.tokenizer
+        if config.init_from:  # fine-tune: the bundle decides vocabulary and architecture
             card = read_card(Path(config.init_from))
             tokenizer_config = replace(tokenizer_config, path=str(Path(config.init_from) / TOKENIZER_FILE))
             bundle_config = ModelConfig.from_dict(card["model"])
             model_config = fine_tuning_config(bundle_config, self.options.model_flags, config.init_from)
         self.output_dir.mkdir(parents=True, exist_ok=True)
-        pairs = load_pairs(data)
-        pairs, validation = validation_pairs(pairs, data, config)
-        self.tokenizer = prepare_tokenizer(
-            tokenizer_config,
-            pairs,
-            self.output_dir,
-            self.normalizer,
-            self.is_main,
-            self.distributed,
-            resume=state is not None,
-        )
-        model_config = replace(model_config, vocab_size=self.tokenizer.vocab_size)
-        if config.coverage_from_step is not None:
-            model_config = replace(model_config, coverage=True)  # w_c starts at 0: inert until trained
-        self.options = replace(self.options, model=model_config, tokenizer=tokenizer_config)  # the card's
+        allowed_changes = {}
+        if state is not None:  # the run's own tokenizer: compare every setting before reading data
+            self._resolve(model_config, tokenizer_config, pairs=None)
+            allowed_changes = self._compare_with_checkpoint()
+        data = self.options.data
+        loaded = load_training_pairs(data, config)
+        if self.is_main:
+            for line in loaded.reports:
+                print(line, file=sys.stderr)
+        self.data_reports = loaded.reports
+        if state is None:
+            self._resolve(model_config, tokenizer_config, pairs=loaded.train)
         limits = (data.source_max_tokens, data.target_max_tokens)
-        self.train_set = tokenize_pairs(pairs, self.tokenizer, self.normalizer, *limits)
-        self.validation_set = tokenize_pairs(validation, self.tokenizer, self.normalizer, *limits)
+        self.train_set = tokenize_pairs(loaded.train, self.tokenizer, self.normalizer, *limits)
+        self.validation_set = tokenize_pairs(loaded.validation, self.tokenizer, self.normalizer, *limits)
         self.sampler = TokenBatchSampler(
             self.train_set["length"], data.batch_tokens, shuffle=True, seed=config.seed
         )
         torch.manual_seed(config.seed)  # the same initial weights on every rank
-        self.model = Summarizer(model_config).to(self.device)
+        self.model = Summarizer(self.options.model).to(self.device)
         self.optimizer = self._make_optimizer()
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer,
@@ -182,12 +187,7 @@ class Trainer:
             self.load_state_dict(state)
             load_weights(self.model, self.output_dir / "checkpoint" / WEIGHTS_FILE)
             if self.is_main:
-                checkpoint.trim_metrics(self.output_dir / "metrics.jsonl", self.step)
-                print(
-                    f"resuming from step {self.step} of {self.output_dir}/checkpoint "
-                    f"({self.elapsed / 60:.1f} min trained so far)",
-                    flush=True,
-                )
+                self._note_resume(allowed_changes)
         else:
             if config.init_from:
                 load_weights(self.model, Path(config.init_from) / WEIGHTS_FILE)
@@ -197,6 +197,60 @@ class Trainer:
         if self.distributed:
             device_ids = [self.device.index] if self.device.type == "cuda" else None
             self.trained_model = torch.nn.parallel.DistributedDataParallel(self.model, device_ids=device_ids)
+
+    def _resolve(self, model_config: ModelConfig, tokenizer_config, pairs) -> None:
+        """Load (or train, on ``pairs``) the tokenizer and settle the model settings it implies;
+        ``self.options`` becomes what the card records."""
+        self.tokenizer = prepare_tokenizer(
+            tokenizer_config,
+            pairs,
+            self.output_dir,
+            self.normalizer,
+            self.is_main,
+            self.distributed,
+            resume=pairs is None,
+        )
+        model_config = replace(model_config, vocab_size=self.tokenizer.vocab_size)
+        if self.train_config.coverage_from_step is not None:
+            model_config = replace(model_config, coverage=True)  # w_c starts at 0: inert until trained
+        self.options = replace(self.options, model=model_config, tokenizer=tokenizer_config)
+
+    def _compare_with_checkpoint(self) -> dict[str, tuple[Any, Any]]:
+        """The settings that changed since the checkpoint and may (``RESUME_MAY_CHANGE``);
+        GatesumError, one line naming them, for those that may not (``RESUME_FIXED``)."""
+        card = read_card(self.output_dir / "checkpoint")
+        saved = card.get("training", {}).get("options", {})
+        handed = saved.get("tokenizer", {}).get("path")
+        if handed is not None and self.options.tokenizer.path is None:
+            # a run handed its tokenizer resumes without the flag, on its checkpoint's copy
+            # (prepare_tokenizer; the fingerprint below vouches for it): the card keeps the path
+            self.options = replace(self.options, tokenizer=replace(self.options.tokenizer, path=handed))
+        changes = resume_changes(saved, self.options.to_dict())
+        recorded = card.get("tokenizer", {}).get("fingerprint")
+        if recorded and recorded != self.tokenizer.fingerprint and not changes.fixed:
+            # the same settings, another file: the pieces' ids would mean other words
+            changes.fixed[f"tokenizer file {self.tokenizer.path}"] = (
+                recorded[:12],
+                self.tokenizer.fingerprint[:12],
+            )
+        if changes.fixed:
+            raise GatesumError(changes.refusal())
+        return changes.allowed
+
+    def _note_resume(self, changes: dict[str, tuple[Any, Any]]) -> None:
+        """Say where the run resumes and what changed; log it as a "resume" event."""
+        metrics = self.output_dir / "metrics.jsonl"
+        for warning in checkpoint.trim_metrics(metrics, self.step):
+            print(f"gatesum train: warning: {warning}", file=sys.stderr)
+        print(
+            f"resuming from step {self.step} of {self.output_dir}/checkpoint "
+            f"({self.elapsed / 60:.1f} min trained so far)",
+            flush=True,
+        )
+        if changes:
+            print(f"changed since the checkpoint: {describe_changes(changes)}", flush=True)
+        changed = {name: {"checkpoint": before, "now": after} for name, (before, after) in changes.items()}
+        self._log(metrics, {"step": self.step, "event": "resume", "changed": changed}, None)
 
     def state_dict(self) -> TrainerState:
         """Everything --resume needs beyond the weights (saved in every checkpoint)."""
@@ -219,12 +273,32 @@ class Trainer:
                 "--resume: the model settings differ from the checkpoint's; "
                 "use the same config, or a new --output-dir"
             )
-        self.optimizer.load_state_dict(state.optimizer)
+        try:
+            self.optimizer.load_state_dict(state.optimizer)
+        except (KeyError, ValueError, IndexError) as error:
+            raise GatesumError(
+                f"--resume: the checkpoint's optimizer state does not fit a {self.train_config.optimizer} "
+                f"optimizer ({type(error).__name__}: {error}); resume with the run's optimizer"
+            ) from None
         self.scheduler.load_state_dict(state.scheduler)
+        self._apply_optimizer_settings()
         self.sampler.load_state_dict(state.sampler)
         self.step, self.elapsed = state.step, state.elapsed
         self.best_score, self.stale_validations = state.best_score, state.stale_validations
         checkpoint.restore_rng(state.rng)
+
+    def _apply_optimizer_settings(self) -> None:
+        """This run's learning rate, schedule and weight decay over the restored optimizer's
+        (a resumed run may change them: ``RESUME_MAY_CHANGE``). Unchanged settings give the
+        very numbers restored, so a resume stays exact."""
+        config = self.train_config
+        factor = learning_rate_factor(self.scheduler.last_epoch, config.warmup_steps, config.decay,
+                                      config.max_steps)  # fmt: skip
+        self.scheduler.base_lrs = [config.learning_rate for _ in self.optimizer.param_groups]
+        for group in self.optimizer.param_groups:
+            group["initial_lr"] = config.learning_rate
+            group["lr"] = config.learning_rate * factor
+            group["weight_decay"] = config.weight_decay
 
     def _make_optimizer(self) -> torch.optim.Optimizer:
         config = self.train_config
@@ -437,6 +511,7 @@ class Trainer:
                 "source_max_tokens": data.source_max_tokens,
                 "target_max_tokens": data.target_max_tokens,
                 "training_pairs": len(self.train_set),
+                "rows": self.data_reports,  # read, dropped and why, used: one line per split
             },
             "training": {
                 "step": self.step,

@@ -18,12 +18,16 @@ from gatesum.model.tokenizer import BOS_ID, EOS_ID, PAD_ID, Tokenizer
 from gatesum.training.data import (
     Batch,
     DataConfig,
+    DataReport,
     TokenBatchSampler,
     collate,
     iter_texts_for_tokenizer,
     load_pairs,
+    load_split,
     tokenize_pairs,
 )
+from gatesum.training.options import TrainConfig
+from gatesum.training.setup import load_training_pairs
 
 WORDS = ["the", "police", "said", "president", "government", "people", "year", "new", "first", "two", "city"]
 
@@ -98,6 +102,55 @@ def test_empty_pairs_are_dropped(tmp_path: Path) -> None:
     rows = [{"article": "a b", "highlights": "c"}, {"article": "  ", "highlights": "x"},
             {"article": None, "highlights": "x"}, {"article": "d", "highlights": ""}]  # fmt: skip
     assert load_pairs(config_for(tmp_path, write_jsonl(tmp_path / "t.jsonl", rows)))["source"] == ["a b"]
+
+
+def test_the_report_counts_rows_read_dropped_by_reason_and_used(tmp_path: Path) -> None:
+    rows = make_rows(400)
+    for index in range(0, 150):
+        rows[index]["article"] = " " if index % 2 else None  # blank or missing: both empty
+    for index in range(150, 190):
+        rows[index]["highlights"] = ""
+    for index in range(190, 200):
+        rows[index]["article"], rows[index]["highlights"] = "", "  "
+    loaded = load_split(config_for(tmp_path, write_jsonl(tmp_path / "t.jsonl", rows)))
+    assert loaded.report == DataReport(
+        split="train",
+        read=400,
+        dropped={"empty article": 150, "empty highlights": 40, "empty article and highlights": 10},
+        limited=0,
+        used=200,
+    )
+    assert loaded.report.line() == (
+        "train: 400 rows read, 200 dropped (empty article 150, empty highlights 40, "
+        "empty article and highlights 10), 200 used"
+    )
+    assert loaded.pairs["id"] == [row["id"] for row in rows[200:]]
+    again = load_split(config_for(tmp_path, write_jsonl(tmp_path / "t.jsonl", rows), limit=30))
+    assert again.report.line() == (  # the datasets cache answers this time: the same counts
+        "train: 400 rows read, 200 dropped (empty article 150, empty highlights 40, "
+        "empty article and highlights 10), 170 past the limit, 30 used"
+    )
+    clean = load_split(config_for(tmp_path, write_jsonl(tmp_path / "c.jsonl", make_rows(5))), "test")
+    assert clean.report.line() == "test: 5 rows read, 0 dropped, 5 used"
+
+
+def test_training_pairs_report_each_split_and_the_held_out_part(tmp_path: Path) -> None:
+    rows = make_rows(40)
+    rows[0]["highlights"] = ""
+    write_jsonl(tmp_path / "train.jsonl", rows)
+    write_jsonl(tmp_path / "validation.jsonl", [*make_rows(8), {"article": "", "highlights": "x"}])
+    train_config = TrainConfig(validation_size=6)
+    split = load_training_pairs(config_for(tmp_path, tmp_path / "{split}.jsonl"), train_config)
+    assert split.reports == [
+        "train: 40 rows read, 1 dropped (empty highlights 1), 39 used",
+        "validation: 9 rows read, 1 dropped (empty article 1), 8 used",
+    ]
+    held = load_training_pairs(config_for(tmp_path, tmp_path / "train.jsonl"), train_config)
+    assert (len(held.train), len(held.validation)) == (36, 3)  # at most a tenth is held out
+    assert held.reports == [
+        "train: 40 rows read, 1 dropped (empty highlights 1), 39 used, of which the last 3 are held out "
+        "for validation"
+    ]
 
 
 GOOD_LINE = b'{"article": "a", "highlights": "b"}\n'

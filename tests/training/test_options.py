@@ -1,11 +1,24 @@
 """Config file + flags: precedence, validation, one-line errors."""
 
 import argparse
+import dataclasses
+import json
 
 import pytest
 
+from gatesum.cli import main
 from gatesum.model.errors import GatesumError
-from gatesum.training.options import add_arguments, load_options
+from gatesum.training.options import (
+    RESUME_FIXED,
+    RESUME_MAY_CHANGE,
+    RESUME_NOT_COMPARED,
+    SECTIONS,
+    ResumeChanges,
+    add_arguments,
+    load_options,
+    resume_changes,
+    resume_rule,
+)
 
 
 def parse(*argv: str):
@@ -78,3 +91,99 @@ def test_model_flags_are_kept_apart_from_the_config_files_model_table(tmp_path):
     options = parse("--config", str(config), "--model", "dropout=0.3", "--model", "bidirectional=false")
     assert options.model_flags == {"dropout": 0.3, "bidirectional": False}
     assert options.model.encoder_cell == "gru" and options.model.dropout == 0.3
+
+
+# --- one check for config values and flags --------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("toml", "flags", "config_line", "flag_line"),
+    [
+        ("[train]\nlearning_rate = -1\n", ["--learning-rate", "-1"],
+         "[train] learning_rate = -1: must be more than 0", "--learning-rate -1: must be more than 0"),
+        ("[train]\neval_every = 0\n", ["--eval-every", "0"],
+         "[train] eval_every = 0: must be at least 1", "--eval-every 0: must be at least 1"),
+        ('[train]\noptimizer = "sgd"\n', ["--optimizer", "sgd"],
+         "[train] optimizer = sgd: must be one of adam, adagrad",
+         "--optimizer sgd: must be one of adam, adagrad"),
+        ('[data]\nbatch_tokens = "many"\n', ["--batch-tokens", "many"],
+         "[data] batch_tokens = many: expected an integer, not 'many'",
+         "--batch-tokens many: expected an integer, not 'many'"),
+        ("[tokenizer]\nvocab_size = 0\n", ["--tokenizer-vocab-size", "0"],
+         "[tokenizer] vocab_size = 0: must be at least 1", "--tokenizer-vocab-size 0: must be at least 1"),
+        ("[model]\nencoder_hidden_size = 1.5\n", ["--model", "encoder_hidden_size=1.5"],
+         "[model] encoder_hidden_size = 1.5: expected an integer, not 1.5",
+         "--model encoder_hidden_size=1.5: expected an integer, not 1.5"),
+    ],
+)  # fmt: skip
+def test_a_config_value_and_a_flag_meet_the_same_check(tmp_path, capsys, toml, flags, config_line, flag_line):
+    config = tmp_path / "c.toml"
+    config.write_text(toml)
+    assert main(["train", "--config", str(config)]) == 2
+    assert capsys.readouterr().err == f"gatesum train: error: {config}: {config_line}\n"
+    assert main(["train", *flags]) == 2
+    assert capsys.readouterr().err == f"gatesum train: error: {flag_line}\n"
+
+
+def test_checked_values_reach_the_options_converted(tmp_path):
+    config = tmp_path / "c.toml"
+    config.write_text("[train]\nlearning_rate = 1\nmax_minutes = 2\n")
+    options = parse("--config", str(config), "--seed", "5", "--grad-clip", "0.5")
+    assert options.train.learning_rate == 1.0 and isinstance(options.train.learning_rate, float)
+    assert (options.train.seed, options.train.grad_clip, options.train.max_minutes) == (5, 0.5, 2.0)
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [("train = 3\n", "train must be a table"),
+     ("[train]\nbf16 = \"yes\"\n", "bf16 = yes: expected true or false"),
+     ("[train]\nvalidation_files = \"v.jsonl\"\n", "validation_files = v.jsonl: expected a list"),
+     ('[train]\ndecay = "linear"\n', "decay = linear counts down to max_steps")],
+)  # fmt: skip
+def test_more_bad_config_values_are_one_line(tmp_path, capsys, text, message):
+    config = tmp_path / "c.toml"
+    config.write_text(text)
+    assert main(["train", "--config", str(config)]) == 2
+    error = capsys.readouterr().err
+    assert message in error and error.count("\n") == 1, error
+
+
+# --- what --resume compares -----------------------------------------------------------------------
+
+
+def test_every_setting_has_one_resume_rule():
+    names = [
+        f"{section}.{item.name}" for section, cls in SECTIONS.items() for item in dataclasses.fields(cls)
+    ]
+    for name in names:
+        section = name.split(".")[0]
+        lists = [RESUME_FIXED, RESUME_MAY_CHANGE, RESUME_NOT_COMPARED]
+        homes = [rule for rule in lists if name in rule or section in rule]
+        assert len(homes) == 1, f"{name} is in {len(homes)} of the resume lists"
+    listed = {*RESUME_FIXED, *RESUME_MAY_CHANGE, *RESUME_NOT_COMPARED}
+    assert listed <= {*names, *SECTIONS}, listed - {*names, *SECTIONS}  # no stale names
+    for name in ("model.encoder_hidden_size", "tokenizer.vocab_size", "data.source_max_tokens",
+                 "data.data_files", "data.batch_tokens", "train.seed", "train.optimizer"):  # fmt: skip
+        assert resume_rule(name) == "fixed", name
+    for name in ("train.learning_rate", "train.max_minutes", "train.max_steps", "train.eval_every",
+                 "train.coverage_from_step"):  # fmt: skip
+        assert resume_rule(name) == "may change", name
+
+
+def test_resume_changes_splits_refused_from_allowed_and_reads_old_names():
+    saved = parse("--learning-rate", "0.01", "--coverage-loss-weight", "0.5").to_dict()
+    saved["train"]["coverage_weight"] = saved["train"].pop("coverage_loss_weight")  # an older card
+    del saved["data"]["limit"]  # a setting newer than the checkpoint: not compared
+    current = parse("--learning-rate", "0.02", "--coverage-loss-weight", "0.5", "--source-max-tokens",
+                    "300", "--tokenizer-vocab-size", "900", "--limit", "5",
+                    "--output-dir", "elsewhere").to_dict()  # fmt: skip
+    changes = resume_changes(saved, current)
+    assert changes.fixed == {"data.source_max_tokens": (400, 300), "tokenizer.vocab_size": (16000, 900)}
+    assert changes.allowed == {"train.learning_rate": (0.01, 0.02)}
+    assert changes.refusal() == (
+        "--resume: these settings differ from the checkpoint's: data.source_max_tokens 400 → 300, "
+        "tokenizer.vocab_size 16000 → 900 (resume with the checkpoint's values, or train into another "
+        "--output-dir)"
+    )
+    same = parse().to_dict()
+    assert resume_changes(json.loads(json.dumps(same)), same) == ResumeChanges(fixed={}, allowed={})

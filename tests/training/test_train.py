@@ -232,6 +232,9 @@ def test_init_from_a_bundle_starts_where_it_left_off(tmp_path, capsys):
     assert bundle.model.config.encoder_hidden_size == 16  # the bundle's architecture
     assert bundle.model.config.dropout == 0.3 != load_bundle(first / "checkpoint").model.config.dropout
     assert bundle.tokenizer.fingerprint == load_bundle(first / "checkpoint").tokenizer.fingerprint
+    # the same command resumes the fine-tuning run: its model settings come from the same bundle
+    assert main(train_arguments(data, second, 3, *init, "--model", "dropout=0.3", "--resume")) == 0
+    assert load_bundle(second / "checkpoint").card["training"]["step"] == 3
 
 
 def test_fine_tuning_config_applies_dropout_and_refuses_another_architecture():
@@ -332,3 +335,66 @@ def test_a_vocabulary_larger_than_the_corpus_allows_is_lowered_with_a_warning(tm
     assert warning.rstrip().endswith(f"the tokenizer gets {tokenizer.vocab_size} pieces")
     assert 100 < tokenizer.vocab_size < 16000 and config.vocab_size == 16000  # the config is left as it was
     assert Tokenizer.load(tmp_path / "tokenizer.model").vocab_size == tokenizer.vocab_size
+
+
+def test_resume_refuses_changed_settings_in_one_line_and_records_allowed_ones(tmp_path, capsys):
+    rows = [json.loads(line) for line in write_pairs(tmp_path / "pairs.jsonl", 42).read_text().splitlines()]
+    rows[0]["article"], rows[1]["highlights"] = "  ", ""
+    data = tmp_path / "with-empty.jsonl"
+    data.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    other = write_pairs(tmp_path / "other.jsonl", 40, seed=1)
+    output = tmp_path / "run"
+    assert main(train_arguments(data, output, 2)) == 0
+    assert (
+        "train: 42 rows read, 2 dropped (empty article 1, empty highlights 1), 40 used, "
+        "of which the last 4 are held out for validation\n"
+    ) in capsys.readouterr().err
+    card = (output / "checkpoint" / "config.json").read_bytes()
+
+    refused = {
+        ("--model", "encoder_hidden_size=8"): "model.encoder_hidden_size 16 → 8",
+        ("--tokenizer-vocab-size", "900", "--source-max-tokens", "300"):
+            "data.source_max_tokens 400 → 300, tokenizer.vocab_size 300 → 900",
+        ("--data-files", str(other)): f'data.data_files ["{data}"] → ["{other}"]',
+        ("--seed", "1", "--batch-tokens", "500"): "data.batch_tokens 400 → 500, train.seed 0 → 1",
+        ("--optimizer", "adagrad"): "train.optimizer adam → adagrad",  # was a raw KeyError: 'sum'
+    }  # fmt: skip
+    for flags, named in refused.items():
+        assert main(train_arguments(data, output, 4, "--resume", *flags)) == 2, flags
+        assert capsys.readouterr().err == (
+            f"gatesum train: error: --resume: these settings differ from the checkpoint's: {named} "
+            "(resume with the checkpoint's values, or train into another --output-dir)\n"
+        )
+    assert (output / "checkpoint" / "config.json").read_bytes() == card  # nothing was touched
+    original = (output / "tokenizer.model").read_bytes()  # the same settings, another tokenizer file
+    train_tokenizer(TokenizerConfig(vocab_size=300), load_pairs(DataConfig(data_files=[str(other)])),
+                    output / "tokenizer.model", NormalizerConfig())  # fmt: skip
+    capsys.readouterr()
+    assert main(train_arguments(data, output, 4, "--resume")) == 2
+    assert capsys.readouterr().err.startswith(
+        "gatesum train: error: --resume: these settings differ from the checkpoint's: "
+        f"tokenizer file {output}/tokenizer.model "
+    )
+    (output / "tokenizer.model").write_bytes(original)
+
+    (output / ".checkpoint.tmp-k9x2").mkdir()  # a save that kill -9 interrupted
+    with open(output / "metrics.jsonl", "a") as metrics:
+        metrics.write('{"step": 3, "lo')  # a log line cut short by the kill
+    assert main(train_arguments(data, output, 4, "--resume", "--learning-rate", "0.02")) == 0
+    captured = capsys.readouterr()
+    assert f"removed what a killed save left in {output}: .checkpoint.tmp-k9x2\n" in captured.err
+    assert f"warning: {output}/metrics.jsonl: dropped its last line, cut short by the stop" in captured.err
+    assert not (output / ".checkpoint.tmp-k9x2").exists()
+    assert captured.out.splitlines()[1] == (
+        "changed since the checkpoint: train.learning_rate 0.01 → 0.02, train.max_steps 2 → 4"
+    )
+    records = read_metrics(output)
+    assert [record for record in records if "event" in record] == [
+        {"step": 2, "event": "resume", "changed": {"train.learning_rate": {"checkpoint": 0.01, "now": 0.02},
+                                                    "train.max_steps": {"checkpoint": 2, "now": 4}}}
+    ]  # fmt: skip
+    learning_rates = {record["step"]: record["lr"] for record in records if "loss" in record}
+    assert learning_rates[2] == pytest.approx(0.01 * (1 / 3) ** 0.5)  # inverse-sqrt decay, no warmup
+    assert learning_rates[4] == pytest.approx(0.02 * (1 / 5) ** 0.5)  # the new peak rate, applied
+    options = load_bundle(output / "checkpoint").card["training"]["options"]
+    assert options["train"]["learning_rate"] == 0.02 and options["tokenizer"]["vocab_size"] == 300
