@@ -76,25 +76,42 @@ def summarize_texts(
     batch pads little; ``explain`` adds attention, source ids and encoder gates."""
     generation = generation or GenerationConfig()
     sources, lengths = encode_sources(bundle, texts)
-    limit = source_max_tokens(bundle)
     results: list[Summary | None] = [None] * len(texts)
     for chunk in batches_by_length(sources, batch_size):
         rows = [sources[i] for i in chunk]
         output = generate_batch(bundle.model, rows, generation, explain)
         for position, index in enumerate(chunk):
-            token_ids = output.tokens[position]
-            normalized = bundle.tokenizer.decode(token_ids)
-            readable = detokenize(normalized, source_casing(texts[index]))  # names cased as in the source
-            summary = Summary(readable, normalized, lengths[index], lengths[index] > limit, token_ids)
-            if explain:
-                length = len(rows[position])
-                if output.attention is not None:
-                    summary.attention = output.attention[position][:, :length]
-                summary.source_ids = rows[position]
-                summary.encoder_gates = _top_forward_gates(output.encoder_gates, bundle, position, length)
-                summary.memory_trace = source_memory_trace(bundle, rows[position], summary.encoder_gates)
-            results[index] = summary
+            attention = output.attention[position] if explain and output.attention is not None else None
+            gates = top_forward_gates(output.encoder_gates, bundle, position, len(rows[position]))
+            results[index] = build_summary(bundle, texts[index], rows[position], lengths[index],
+                                           output.tokens[position], explain, attention, gates)  # fmt: skip
     return results
+
+
+def build_summary(
+    bundle: Bundle,
+    text: str,
+    source_ids: list[int],
+    input_tokens: int,
+    token_ids: list[int],
+    explain: bool = False,
+    attention: Tensor | None = None,
+    gates: dict[str, Tensor] | None = None,
+) -> Summary:
+    """The ``Summary`` of one decoded text: readable, with names cased as in ``text``; with
+    ``explain``, its attention (t + 1, S) cut to the source, the source ids, the top forward
+    encoder ``gates`` (name -> (S, H)) and the memory trace."""
+    normalized = bundle.tokenizer.decode(token_ids)
+    readable = detokenize(normalized, source_casing(text))  # names cased as in the source
+    limit = source_max_tokens(bundle)
+    summary = Summary(readable, normalized, input_tokens, input_tokens > limit, token_ids)
+    if explain:
+        if attention is not None:
+            summary.attention = attention[:, : len(source_ids)]
+        summary.source_ids = source_ids
+        summary.encoder_gates = gates
+        summary.memory_trace = source_memory_trace(bundle, source_ids, gates)
+    return summary
 
 
 @torch.no_grad()
@@ -149,7 +166,7 @@ def source_memory_trace(
     return retention[0].detach().cpu().tolist()
 
 
-def _top_forward_gates(gates: list | None, bundle: Bundle, row: int, length: int) -> dict[str, Tensor] | None:
+def top_forward_gates(gates: list | None, bundle: Bundle, row: int, length: int) -> dict[str, Tensor] | None:
     """The gates of the encoder's top layer, forward direction: what reaches the document's end."""
     if not gates:
         return None

@@ -30,6 +30,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
 NEG_INF = float("-inf")
@@ -125,8 +126,9 @@ def length_penalty(lengths: Tensor, alpha: float) -> Tensor:
     return ((5.0 + lengths.float()) / 6.0) ** alpha
 
 
-def banned_ngram_tokens(tokens: Tensor, n: int, vocab_size: int) -> Tensor:
-    """(N, t) generated so far -> (N, V) bool: tokens that would repeat an n-gram."""
+def banned_ngram_tokens(tokens: Tensor, n: int, vocab_size: int, pad: int | None = None) -> Tensor:
+    """(N, t) generated so far -> (N, V) bool: tokens that would repeat an n-gram. With ``pad``,
+    n-grams that contain it are not counted (the PAD left of a row younger than t, see ``Search``)."""
     N, t = tokens.shape
     banned = torch.zeros(N, vocab_size, dtype=torch.bool, device=tokens.device)
     if n <= 0 or t < n:
@@ -134,6 +136,8 @@ def banned_ngram_tokens(tokens: Tensor, n: int, vocab_size: int) -> Tensor:
     windows = tokens.unfold(1, n, 1)  # (N, t − n + 1, n): every n-gram so far
     last = tokens[:, t - n + 1 :].unsqueeze(1)  # (N, 1, n − 1): the prefix about to be extended
     matches = (windows[:, :, :-1] == last).all(-1)  # (N, t − n + 1)
+    if pad is not None:
+        matches &= (windows != pad).all(-1)
     counts = torch.zeros(N, vocab_size, device=tokens.device)
     counts.scatter_add_(1, windows[:, :, -1], matches.float())  # add, not set: indices repeat
     return counts > 0
@@ -168,15 +172,18 @@ def constrain(
     limits: RowLimits,
     eos: int,
     never: tuple[int, ...],
+    generated: Tensor | None = None,
+    pad: int | None = None,
 ) -> Tensor:
     """Apply the length limits and n-gram blocking to one step's log_probs (N, V); the ids in
-    ``never`` (PAD, BOS) are never generated."""
-    generated = tokens.shape[1]
+    ``never`` (PAD, BOS) are never generated. ``generated`` (N,): tokens each row has generated,
+    when rows differ (``Search``); else every row has ``tokens.shape[1]``."""
+    generated = tokens.shape[1] if generated is None else generated
     eos_log_prob = log_probs[:, eos].clone()  # (N,) the model's own, kept for rows forced to stop
     log_probs = log_probs.index_fill(1, torch.tensor(never, device=log_probs.device), NEG_INF)
     log_probs[:, eos] = log_probs[:, eos].masked_fill(generated < limits.min_tokens, NEG_INF)
     if config.no_repeat_ngram_size > 0:
-        banned = banned_ngram_tokens(tokens, config.no_repeat_ngram_size, log_probs.shape[1])
+        banned = banned_ngram_tokens(tokens, config.no_repeat_ngram_size, log_probs.shape[1], pad)
         log_probs = log_probs.masked_fill(banned, NEG_INF)
     # A row that has as many tokens as its source may only end: a summary is never longer.
     eos_only = torch.full_like(log_probs, NEG_INF)
@@ -193,6 +200,197 @@ def _strip(row: list[int], eos: int, pad: int) -> list[int]:
     return out
 
 
+def fit_width(values: Tensor, width: int) -> Tensor:
+    """(..., S) -> (..., width): zeros added on the right, or columns beyond ``width`` dropped
+    (the caller knows they are padding: attention and coverage there are 0)."""
+    if values.shape[-1] < width:
+        return F.pad(values, (0, width - values.shape[-1]))
+    return values[..., :width]
+
+
+class Search:
+    """The search state of a changing set of examples that share one ``GenerationConfig``: one
+    step at a time, for ``greedy_search``/``beam_search`` and for the service's running batch
+    (model/running.py), where examples join (``add``) and leave (``remove``) between steps.
+
+    Rows are example-major, K = beam_size per example (K = 1: greedy search). Each example keeps
+    its own step count, so it decodes exactly as it would alone: ``tokens`` (N, T) is
+    right-aligned (the last column holds every row's latest token) and a row younger than T has
+    PAD on its left, which the n-gram blocking skips.
+
+        search.add(B, source_lengths)
+        while ...: rows = search.advance(*step(search.last)); reorder the model's state by rows
+        done = search.done(); results = search.results(done); kept_rows = search.remove(done)
+    """
+
+    def __init__(self, config: GenerationConfig, bos: int, eos: int, pad: int, device: torch.device,
+                 return_attention: bool = False) -> None:  # fmt: skip
+        self.config, self.K = config, config.beam_size
+        self.bos, self.eos, self.pad, self.device = bos, eos, pad, device
+        self.return_attention = return_attention
+        self.tokens = torch.empty(0, 0, dtype=torch.long, device=device)  # (N, T)
+        self.last = torch.empty(0, dtype=torch.long, device=device)  # (N,) the next step's input
+        self.steps = torch.empty(0, dtype=torch.long, device=device)  # (E,) steps taken per example
+        self.scores = torch.empty(0, self.K, device=device)  # (E, K) log-probability so far
+        self.lengths = torch.empty(0, self.K, dtype=torch.long, device=device)  # (E, K) without padding
+        self.finished = torch.empty(0, self.K, dtype=torch.bool, device=device)  # (E, K)
+        self.limits = RowLimits(self.last, self.last)
+        self.coverage: Tensor | None = None  # (N, S) attention received, for β (beam search only)
+        self.history: Tensor | None = None  # (N, T, S) attention at every step, on request
+
+    @property
+    def examples(self) -> int:
+        return self.steps.shape[0]
+
+    @property
+    def rows(self) -> int:
+        return self.last.shape[0]
+
+    def add(self, count: int, source_lengths: Sequence[int] | None = None) -> None:
+        """``count`` new examples after the others, capped by their sources' token counts."""
+        K, device = self.K, self.device
+        limits = row_limits(replace(self.config, source_lengths=source_lengths), count, device, K)
+        self.limits = RowLimits(*(torch.cat([old, new]) for old, new in
+                                  zip((self.limits.min_tokens, self.limits.max_tokens),
+                                      (limits.min_tokens, limits.max_tokens), strict=True)))  # fmt: skip
+        scores = torch.full((count, K), NEG_INF, device=device)
+        scores[:, 0] = 0.0  # all K rows start identical: expand only the first
+        self.scores = torch.cat([self.scores, scores])
+        self.lengths = torch.cat([self.lengths, torch.zeros(count, K, dtype=torch.long, device=device)])
+        self.finished = torch.cat([self.finished, torch.zeros(count, K, dtype=torch.bool, device=device)])
+        self.steps = torch.cat([self.steps, torch.zeros(count, dtype=torch.long, device=device)])
+        rows = count * K
+        self.tokens = torch.cat([self.tokens, self.tokens.new_full((rows, self.tokens.shape[1]), self.pad)])
+        self.last = torch.cat([self.last, self.last.new_full((rows,), self.bos)])
+        if self.coverage is not None:
+            self.coverage = torch.cat([self.coverage, self.coverage.new_zeros(rows, self.coverage.shape[1])])
+        if self.history is not None:
+            self.history = torch.cat([self.history, self.history.new_zeros(rows, *self.history.shape[1:])])
+
+    def advance(self, log_probs: Tensor, attention: Tensor | None) -> Tensor:
+        """One step: log_probs (N, V) and attention (N, S) of every row -> the rows (N,) whose
+        state each row continues (beam search reorders; greedy keeps them)."""
+        generated = self.steps.repeat_interleave(self.K)  # (N,)
+        never = (self.pad, self.bos)
+        log_probs = constrain(log_probs, self.tokens, self.config, self.limits, self.eos, never, generated,
+                              self.pad)  # fmt: skip
+        rows = self._greedy(log_probs, attention) if self.K == 1 else self._beam(log_probs, attention)
+        self.steps += 1
+        return rows
+
+    def _greedy(self, log_probs: Tensor, attention: Tensor | None) -> Tensor:
+        """Take the most probable allowed token; a row that has emitted EOS continues with PAD."""
+        finished = self.finished.view(-1)
+        best_score, best = log_probs.max(-1)
+        best = best.masked_fill(finished, self.pad)
+        self.scores += best_score.masked_fill(finished, 0.0).unsqueeze(1)
+        self.tokens = torch.cat([self.tokens, best.unsqueeze(1)], 1)
+        if self.return_attention and attention is not None:
+            self._record(attention.unsqueeze(1), None)
+        self.finished = (finished | (best == self.eos)).unsqueeze(1)
+        self.last = best
+        return torch.arange(best.shape[0], device=self.device)
+
+    def _beam(self, log_probs: Tensor, attention: Tensor | None) -> Tensor:
+        """Keep the K best extensions of each example's K hypotheses (GNMT length penalty)."""
+        K, config = self.K, self.config
+        E, V = self.examples, log_probs.shape[1]
+        N = E * K
+        finished = self.finished
+        # A finished hypothesis continues only with PAD, at no cost.
+        pad_only = torch.full_like(log_probs[:1], NEG_INF)
+        pad_only[0, self.pad] = 0.0
+        log_probs = torch.where(finished.view(N, 1), pad_only, log_probs)
+        candidates = self.scores.view(N, 1) + log_probs  # (N, V)
+        candidate_lengths = (self.lengths + (~finished).long()).view(N, 1)  # (N, 1)
+        ranked = candidates / length_penalty(candidate_lengths, config.length_penalty)
+        _, best = ranked.view(E, K * V).topk(K, dim=1)  # (E, K)
+        example_start = (torch.arange(E, device=self.device) * K).unsqueeze(1)  # (E, 1)
+        rows = (example_start + best // V).view(N)  # which hypothesis each survivor extends
+        new_tokens = (best % V).view(N)
+        self.scores = candidates.view(E, K * V).gather(1, best)
+        self.lengths = candidate_lengths.view(N)[rows].view(E, K)
+        was_finished = finished.view(N)[rows]  # (N,) ended before this step: this step's token is PAD
+        self.finished = was_finished.view(E, K) | (new_tokens == self.eos).view(E, K)
+        self.tokens = torch.cat([self.tokens[rows], new_tokens.unsqueeze(1)], 1)
+        if attention is not None and (config.coverage_penalty > 0 or self.return_attention):
+            attention = attention.float()[rows]
+            # a finished hypothesis reads nothing more: its PAD steps' attention is not coverage
+            spent = attention.masked_fill(was_finished.unsqueeze(1), 0.0)
+            self._record(attention.unsqueeze(1) if self.return_attention else None, spent, rows)
+        self.last = new_tokens
+        return rows
+
+    def _record(
+        self, step_attention: Tensor | None, spent: Tensor | None, rows: Tensor | None = None
+    ) -> None:
+        """Append one step's attention (N, 1, S) to the history and add ``spent`` (N, S) to the
+        coverage, after following ``rows``; the source width S may have changed since the last step."""
+        width = (step_attention if step_attention is not None else spent).shape[-1]
+        if spent is not None:
+            coverage = (
+                spent.new_zeros(spent.shape) if self.coverage is None else fit_width(self.coverage, width)
+            )
+            self.coverage = (coverage if rows is None else coverage[rows]) + spent
+        if step_attention is not None:
+            T = self.tokens.shape[1] - 1  # the steps before this one
+            history = self.history
+            if history is None:
+                history = step_attention.new_zeros(step_attention.shape[0], T, width)
+            history = fit_width(history, width)
+            history = history if rows is None else history[rows]
+            self.history = torch.cat([history, step_attention], 1)
+
+    def done(self) -> list[int]:
+        """The examples whose search is over: every hypothesis ended, or max_length steps taken."""
+        over = self.finished.all(1) | (self.steps >= self.config.max_length)
+        return over.nonzero().flatten().tolist()
+
+    def results(self, examples: Sequence[int]) -> SearchResult:
+        """The best hypothesis of each of these examples, in the order given."""
+        index = torch.tensor(examples, dtype=torch.long, device=self.device)
+        K, T = self.K, self.tokens.shape[1]
+        if K == 1:
+            best_score, chosen = self.scores[index, 0], index
+        else:
+            final = self.scores[index] / length_penalty(
+                self.lengths[index].clamp_min(1), self.config.length_penalty
+            )
+            if self.coverage is not None and self.config.coverage_penalty > 0:
+                # OpenNMT's "summary" penalty: attention a source token received beyond 1 in total.
+                coverage = self.coverage.view(self.examples, K, -1)[index]  # (n, K, S)
+                final = final - self.config.coverage_penalty * (coverage - 1.0).clamp_min(0.0).sum(-1)
+            best_score, best_beam = final.max(1)  # (n,)
+            chosen = index * K + best_beam
+        starts = [T - steps for steps in self.steps[index].tolist()]  # each example's first column
+        rows = [_strip(row[start:], self.eos, self.pad)
+                for row, start in zip(self.tokens[chosen].tolist(), starts, strict=True)]  # fmt: skip
+        attention = None
+        if self.history is not None:  # keep the steps that produced the tokens (and the EOS)
+            history = self.history[chosen]
+            attention = [history[i, start : start + len(row) + 1].cpu()
+                         for i, (row, start) in enumerate(zip(rows, starts, strict=True))]  # fmt: skip
+        return SearchResult(rows, best_score.tolist(), attention)
+
+    def remove(self, examples: Sequence[int]) -> Tensor:
+        """Drop these examples; returns the rows (N',) that stay, in order, for the caller's state."""
+        keep = torch.ones(self.examples, dtype=torch.bool, device=self.device)
+        keep[list(examples)] = False
+        kept_rows = keep.repeat_interleave(self.K).nonzero().flatten()
+        for name in ("steps", "scores", "lengths", "finished"):
+            setattr(self, name, getattr(self, name)[keep])
+        self.limits = RowLimits(self.limits.min_tokens[kept_rows], self.limits.max_tokens[kept_rows])
+        self.last = self.last[kept_rows]
+        oldest = int(self.steps.max()) if self.examples else 0
+        T = self.tokens.shape[1]
+        self.tokens = self.tokens[kept_rows, T - oldest :]  # columns older than every example go
+        if self.coverage is not None:
+            self.coverage = self.coverage[kept_rows]
+        if self.history is not None:
+            self.history = self.history[kept_rows, T - oldest :]
+        return kept_rows
+
+
 @torch.no_grad()
 def greedy_search(
     step: Callable,
@@ -206,36 +404,14 @@ def greedy_search(
     return_attention: bool = False,
 ) -> SearchResult:
     """Take the most probable allowed token at every step until every row has emitted EOS."""
-    tokens = torch.empty(batch_size, 0, dtype=torch.long, device=device)
-    last = torch.full((batch_size,), bos, dtype=torch.long, device=device)
-    finished = torch.zeros(batch_size, dtype=torch.bool, device=device)
-    scores = torch.zeros(batch_size, device=device)
-    limits = row_limits(config, batch_size, device)
-    attentions = []
+    search = Search(replace(config, beam_size=1), bos, eos, pad, device, return_attention)
+    search.add(batch_size, config.source_lengths)
     for _ in range(config.max_length):
-        log_probs, attention, state = step(last, state)
-        log_probs = constrain(log_probs, tokens, config, limits, eos, (pad, bos))
-        best_score, best = log_probs.max(-1)
-        best = best.masked_fill(finished, pad)
-        scores += best_score.masked_fill(finished, 0.0)
-        tokens = torch.cat([tokens, best.unsqueeze(1)], 1)
-        if return_attention and attention is not None:
-            attentions.append(attention)
-        finished |= best == eos
-        last = best
-        if finished.all():
+        log_probs, attention, state = step(search.last, state)
+        search.advance(log_probs, attention)
+        if search.finished.all():
             break
-    history = torch.stack(attentions, 1) if attentions else None
-    return _result(tokens, scores, history, eos, pad)
-
-
-def _result(tokens: Tensor, scores: Tensor, history: Tensor | None, eos: int, pad: int) -> SearchResult:
-    """history (N, t, S): each row's attention at every step, or None."""
-    rows = [_strip(row, eos, pad) for row in tokens.tolist()]
-    attention = None
-    if history is not None:  # keep the steps that produced the tokens (and the EOS)
-        attention = [history[i, : len(row) + 1].cpu() for i, row in enumerate(rows)]
-    return SearchResult(rows, scores.tolist(), attention)
+    return search.results(range(batch_size))
 
 
 @torch.no_grad()
@@ -252,54 +428,11 @@ def beam_search(
     return_attention: bool = False,
 ) -> SearchResult:
     """``state`` must already hold K = beam_size rows per example, example-major."""
-    B, K = batch_size, config.beam_size
-    N = B * K
-    tokens = torch.empty(N, 0, dtype=torch.long, device=device)
-    last = torch.full((N,), bos, dtype=torch.long, device=device)
-    scores = torch.full((B, K), NEG_INF, device=device)
-    scores[:, 0] = 0.0  # all K rows start identical: expand only the first
-    lengths = torch.zeros(B, K, dtype=torch.long, device=device)
-    finished = torch.zeros(B, K, dtype=torch.bool, device=device)
-    coverage = None
-    history = None  # (N, t, S) attention of each hypothesis, on request
-    example_start = (torch.arange(B, device=device) * K).unsqueeze(1)  # (B, 1)
-    limits = row_limits(config, B, device, rows_per_example=K)  # the same for an example's K rows
+    search = Search(config, bos, eos, pad, device, return_attention)
+    search.add(batch_size, config.source_lengths)
     for _ in range(config.max_length):
-        log_probs, attention, state = step(last, state)
-        V = log_probs.shape[1]
-        log_probs = constrain(log_probs, tokens, config, limits, eos, (pad, bos))
-        # A finished hypothesis continues only with PAD, at no cost.
-        pad_only = torch.full_like(log_probs[:1], NEG_INF)
-        pad_only[0, pad] = 0.0
-        log_probs = torch.where(finished.view(N, 1), pad_only, log_probs)
-        candidates = scores.view(N, 1) + log_probs  # (N, V)
-        candidate_lengths = (lengths + (~finished).long()).view(N, 1)  # (N, 1)
-        ranked = candidates / length_penalty(candidate_lengths, config.length_penalty)
-        _, best = ranked.view(B, K * V).topk(K, dim=1)  # (B, K)
-        rows = (example_start + best // V).view(N)  # which hypothesis each survivor extends
-        new_tokens = (best % V).view(N)
-        scores = candidates.view(B, K * V).gather(1, best)
-        lengths = candidate_lengths.view(N)[rows].view(B, K)
-        was_finished = finished.view(N)[rows]  # (N,) ended before this step: this step's token is PAD
-        finished = was_finished.view(B, K) | (new_tokens == eos).view(B, K)
-        tokens = torch.cat([tokens[rows], new_tokens.unsqueeze(1)], 1)
-        state = reorder(state, rows)
-        if attention is not None and (config.coverage_penalty > 0 or return_attention):
-            attention = attention.float()[rows]
-            # a finished hypothesis reads nothing more: its PAD steps' attention is not coverage
-            spent = attention.masked_fill(was_finished.unsqueeze(1), 0.0)
-            coverage = spent if coverage is None else coverage[rows] + spent
-            if return_attention:
-                step_attention = attention.unsqueeze(1)
-                history = step_attention if history is None else torch.cat([history[rows], step_attention], 1)
-        last = new_tokens
-        if finished.all():
+        log_probs, attention, state = step(search.last, state)
+        state = reorder(state, search.advance(log_probs, attention))
+        if search.finished.all():
             break
-    final = scores / length_penalty(lengths.clamp_min(1), config.length_penalty)
-    if coverage is not None and config.coverage_penalty > 0:
-        # OpenNMT's "summary" penalty: attention a source token received beyond 1 in total.
-        over_attention = (coverage - 1.0).clamp_min(0.0).sum(-1).view(B, K)
-        final = final - config.coverage_penalty * over_attention
-    best_score, best_beam = final.max(1)  # (B,)
-    chosen = example_start.squeeze(1) + best_beam  # (B,)
-    return _result(tokens[chosen], best_score, history[chosen] if history is not None else None, eos, pad)
+    return search.results(range(batch_size))

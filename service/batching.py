@@ -1,26 +1,44 @@
-"""``MicroBatcher``: gathers concurrent requests into few model calls, off the event loop.
+"""``ContinuousBatcher``: iteration-level batching of the model on one scheduler thread, with
+admission bounded by cost and cancellation (issue #16).
 
-Requests put their texts in one bounded queue and await futures. One worker takes the oldest
-texts, waits up to ``max_wait_ms`` after the oldest arrived for more (up to ``max_batch_size``),
-then runs one model call per distinct generation setting (beam size, lengths... cannot differ
-inside one ``generate`` call) on a single worker thread, so that the event loop keeps accepting
-requests while the model works and texts that arrive meanwhile form the next batch.
+    request ─► admission (estimated cost; refused at once: 429 over a share, 503 past the timeout)
+            ─► waiting examples (one per text) ─► scheduler thread, every iteration:
+                   drop what was cancelled (timeout, client gone) · admit waiting examples,
+                   fewest rows first, up to the row budget (tokenize and encode a bounded amount)
+                   · one decoder step for every running row · deliver what finished
+
+As LLM servers do it (Orca, Yu et al. 2022; vLLM): a request joins the running batch at the next
+step boundary and leaves it at its own last token, so a short request beside a long one waits
+one step, not the long one's whole decode. One request holds at most ``request_share`` of the
+running batch, so that others always find room.
+
+Cost of one text, in seconds of model time at full batch: K · L · (α + β · S) + γ · chars, for
+beam K, at most L = min(max_length, S) + 1 steps, S source tokens (guessed from the characters
+until the text is tokenized); α, β, γ come from the engine's calibration, and two running
+averages correct them: the steps texts really take (most end before L) and the step time the
+machine really gives (others share it). A request waits behind the others roughly as under
+processor sharing: it is done after c + Σ_j min(c_j, c) seconds, c_j the work left of request j.
+
+The model side is an ``Engine`` (service/state.py wraps model/running.py in one); tests drive
+the scheduler with a fake one.
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
+import math
+import threading
 import time
-from collections import deque
-from collections.abc import Callable, Hashable
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
+from gatesum.model.search import GenerationConfig
 from gatesum.service.metrics import Metrics
 
-# run_batch(texts, key) -> one result per text, in order; key is the group's generation setting
-BatchFunction = Callable[[list[str], Any], list[Any]]
+log = logging.getLogger("gatesum.service")
+CHARS_PER_TOKEN = 4.0  # a guess of S before tokenizing (English, our vocabulary: ~4.5)
+HEADROOM = 0.9  # admit what is estimated to finish within this part of the request timeout
 
 
 class QueueFull(Exception):
@@ -31,109 +49,381 @@ class BatcherStopped(Exception):
     """The service is shutting down."""
 
 
-@dataclass
-class _Job:
+class Refused(Exception):
+    """Admission refused a request at once: ``status`` 429 (over a share) or 503 (the work
+    queued would not let it finish in time); ``retry_after`` seconds, or None when waiting
+    cannot help (a request over the ceiling)."""
+
+    def __init__(self, status: int, reason: str, message: str, retry_after: int | None) -> None:
+        super().__init__(message)
+        self.status, self.reason, self.retry_after = status, reason, retry_after
+
+
+@dataclass(frozen=True)
+class StepCost:
+    """Model time per decoder row and step: ``per_row`` + ``per_row_token`` · S, and
+    ``per_char`` to tokenize and encode a text (α, β, γ above), in seconds."""
+
+    per_row: float
+    per_row_token: float
+    per_char: float
+
+
+@dataclass(eq=False)
+class Example:
+    """One text of a request, as the scheduler and the engine see it."""
+
+    request: Request
+    index: int  # position in the request
     text: str
-    key: Hashable
+    rows: int  # K: beams
+    tokens: int  # S: source tokens read (a guess until prepared)
+    prepared: Any = None  # what the engine made of the text (token ids...), None until then
+    admitted_at: int | None = None  # the scheduler's iteration when it joined the batch
+    done: bool = False
+
+
+@dataclass(eq=False)
+class Request:
+    texts: list[str]
+    key: Any  # carries ``generation`` (a GenerationConfig); one search setting per request
+    client: str
+    loop: asyncio.AbstractEventLoop
     future: asyncio.Future
     arrived: float = field(default_factory=time.monotonic)
+    examples: list[Example] = field(default_factory=list)
+    results: list[Any] = field(default_factory=list)
+    cancelled: str | None = None  # why: "timeout", "disconnect"...
+
+    def cancel(self, reason: str) -> None:
+        """Stop costing model time: the scheduler drops its texts at the next step boundary."""
+        if self.cancelled is None and not self.future.done():
+            self.cancelled = reason
 
 
-class MicroBatcher:
-    def __init__(self, run_batch: BatchFunction, max_batch_size: int, max_wait_ms: float,
-                 max_queue: int, metrics: Metrics | None = None) -> None:  # fmt: skip
-        self.run_batch = run_batch
-        self.max_batch_size = max_batch_size
-        self.max_wait = max_wait_ms / 1000
-        self.max_queue = max_queue
+class Engine(Protocol):
+    """The model side of the scheduler; every method runs on the scheduler thread."""
+
+    source_limit: int  # the most source tokens the model reads of a text
+    cost: StepCost
+
+    @property
+    def rows(self) -> int: ...
+
+    def prepare(self, example: Example) -> int:
+        """Tokenize ``example.text`` into ``example.prepared``; returns the tokens read (S)."""
+
+    def admit(self, examples: list[Example]) -> None:
+        """Encode these prepared examples of one request and add them to the running batch."""
+
+    def step(self) -> list[tuple[Example, Any, int]]:
+        """One decoder step; the examples it finished, each with its result and steps taken."""
+
+    def cancel(self, examples: list[Example]) -> None:
+        """Drop these running examples now."""
+
+
+class ContinuousBatcher:
+    def __init__(self, settings: Any, metrics: Metrics | None = None) -> None:
+        """``settings``: the service's Settings (batch, share, ceiling and timeout fields)."""
+        self.settings = settings
         self.metrics = metrics
-        self.model_calls = 0  # read by tests and the benchmark
-        self._pending: deque[_Job] = deque()
-        self._arrived = asyncio.Event()
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="gatesum-model")
-        self._worker: asyncio.Task | None = None
+        self.engine: Engine | None = None
+        self.iterations = 0  # decoder steps run; read by tests and the benchmark
+        self.fill = 1.0  # running average: steps texts take / their bound L
+        self.slowdown = 1.0  # running average: measured step time / the cost model's
+        self._lock = threading.Lock()
+        self._wake = threading.Condition(self._lock)
+        self._requests: list[Request] = []  # admitted and not yet answered, oldest first
+        self._running: dict[Example, None] = {}  # examples in the engine's batch
+        self._thread: threading.Thread | None = None
+        self._stopping = False
+
+    # --- the event loop's side -------------------------------------------------------------
 
     def start(self) -> None:
-        self._worker = asyncio.get_running_loop().create_task(self._work(), name="gatesum-batcher")
+        self._thread = threading.Thread(target=self._serve, name="gatesum-scheduler", daemon=True)
+        self._thread.start()
+
+    def attach(self, engine: Engine) -> None:
+        """The loaded model: the scheduler serves from here on."""
+        with self._lock:
+            self.engine = engine
+            self._wake.notify()
 
     async def stop(self) -> None:
-        if self._worker is not None:
-            self._worker.cancel()
-            await asyncio.gather(self._worker, return_exceptions=True)
-        for job in self._pending:
-            if not job.future.done():
-                job.future.set_exception(BatcherStopped("the service is shutting down"))
-        self._pending.clear()
-        self._executor.shutdown(wait=False, cancel_futures=True)
+        with self._lock:
+            self._stopping = True
+            self._wake.notify()
+        if self._thread is not None:
+            await asyncio.to_thread(self._thread.join, 30)
+        for request in self._requests:
+            _resolve(request, BatcherStopped("the service is shutting down"))
+        self._requests.clear()
 
     @property
     def depth(self) -> int:
-        return len(self._pending)
+        """Texts waiting to join the running batch."""
+        return sum(1 for request in self._requests for example in request.examples
+                   if example.admitted_at is None and not example.done)  # fmt: skip
 
-    async def submit(self, texts: list[str], key: Hashable) -> list[Any]:
-        """Results for ``texts`` (all run with the setting ``key``), in order. Raises QueueFull."""
-        if len(self._pending) + len(texts) > self.max_queue:
-            raise QueueFull(f"{len(self._pending)} texts are waiting (the queue holds {self.max_queue})")
+    def submit(self, texts: list[str], key: Any, client: str = "") -> Request:
+        """Queue ``texts`` (one search setting, ``key.generation``) or refuse them at once:
+        QueueFull past ``max_queue`` texts, ``Refused`` past a share or the timeout. Await
+        ``request.future`` for the results in order; ``request.cancel`` stops the work."""
         loop = asyncio.get_running_loop()
-        jobs = [_Job(text, key, loop.create_future()) for text in texts]
-        self._pending.extend(jobs)
+        request = Request(list(texts), key, client, loop, loop.create_future())
+        generation: GenerationConfig = key.generation
+        limit = self.engine.source_limit
+        for index, text in enumerate(texts):
+            guess = min(limit, max(1, math.ceil(len(text) / CHARS_PER_TOKEN)))
+            request.examples.append(Example(request, index, text, generation.beam_size, guess))
+        request.results = [None] * len(texts)
+        with self._lock:
+            self._admit_or_refuse(request)
+            self._requests.append(request)
+            self._wake.notify()
         self._observe_depth()
-        self._arrived.set()
-        return list(await asyncio.gather(*(job.future for job in jobs)))
+        return request
 
-    async def _work(self) -> None:
+    def _admit_or_refuse(self, request: Request) -> None:
+        settings = self.settings
+        if self.depth + len(request.texts) > settings.max_queue:
+            raise QueueFull(f"{self.depth} texts are waiting (the queue holds {settings.max_queue})")
+        row_steps = sum(example.rows * self._bound(example) for example in request.examples)
+        if row_steps > settings.max_request_row_steps:
+            raise Refused(429, "over_ceiling", f"the request costs {row_steps:,} row-steps (texts × beam × "
+                          f"(max_length + 1)), over the ceiling of {settings.max_request_row_steps:,}; send "
+                          "fewer texts or a smaller beam_size or max_length", None)  # fmt: skip
+        cost = self._remaining(request)
+        share = settings.request_share * settings.request_timeout_s
+        if cost > share:
+            raise Refused(429, "over_share", f"the request needs ~{cost:.0f} s of model time, more than one "
+                          f"client's share ({share:.0f} s); send fewer texts or a smaller beam_size or "
+                          "max_length", None)  # fmt: skip
+        mine = sum(self._remaining(other) for other in self._requests if other.client == request.client)
+        if mine + cost > share:
+            raise Refused(429, "over_share", f"this client already has ~{mine:.0f} s of model time queued "
+                          f"(its share is {share:.0f} s); retry later", math.ceil(mine))  # fmt: skip
+        finish = cost + sum(min(self._remaining(other), cost) for other in self._requests)
+        allowed = HEADROOM * settings.request_timeout_s
+        if finish > allowed:
+            raise Refused(503, "overloaded", f"busy: ~{finish:.0f} s of model time would pass before this "
+                          f"request is done, over the {settings.request_timeout_s:g} s timeout; retry later",
+                          math.ceil(finish - allowed))  # fmt: skip
+
+    def _bound(self, example: Example) -> int:
+        """L: the most decoder steps ``example`` can take."""
+        return min(example.request.key.generation.max_length, example.tokens) + 1
+
+    def _remaining(self, request: Request) -> float:
+        """Estimated seconds of model time the request still needs."""
+        cost = self.engine.cost
+        seconds = 0.0
+        for example in request.examples:
+            if example.done:
+                continue
+            steps = self.fill * self._bound(example)
+            if example.admitted_at is not None:
+                steps = max(0.0, steps - (self.iterations - example.admitted_at))
+            else:
+                seconds += cost.per_char * len(example.text)
+            seconds += example.rows * steps * (cost.per_row + cost.per_row_token * example.tokens)
+        return seconds * self.slowdown
+
+    # --- the scheduler thread ----------------------------------------------------------------
+
+    def _serve(self) -> None:
+        """The scheduler: one iteration per decoder step, until ``stop``."""
         while True:
-            await self._arrived.wait()
-            self._arrived.clear()
-            while self._pending:
-                await self._wait_for_company()
-                await self._run(self._take())
-
-    async def _wait_for_company(self) -> None:
-        """Wait until a batch is full or the oldest waiting text has waited ``max_wait``."""
-        while len(self._pending) < self.max_batch_size:
-            remaining = self._pending[0].arrived + self.max_wait - time.monotonic()
-            if remaining <= 0:
-                return
-            self._arrived.clear()
+            with self._lock:
+                while not self._stopping and not self._ready():
+                    self._wake.wait(self._idle_wait())
+                if self._stopping:
+                    return
+                dropped = self._drop_cancelled()
             try:
-                await asyncio.wait_for(self._arrived.wait(), remaining)
-            except TimeoutError:
-                return
+                if dropped:
+                    self.engine.cancel(dropped)
+                self._admit()
+                self._step()
+            except Exception as error:  # the model failed: its requests get a 500, serving goes on
+                log.exception("the model failed; its requests are answered with an error")
+                self._fail_running(error)
 
-    def _take(self) -> list[_Job]:
-        jobs = []
-        while self._pending and len(jobs) < self.max_batch_size:
-            job = self._pending.popleft()
-            if not job.future.done():  # a request that timed out or went away is skipped
-                jobs.append(job)
-        self._observe_depth()
-        return jobs
+    def _ready(self) -> bool:
+        """Whether an iteration has something to do now."""
+        if self.engine is None:
+            return False
+        if self._running or any(request.cancelled for request in self._requests):
+            return True
+        waiting = [request for request in self._requests if not request.cancelled]
+        if not waiting:
+            return False
+        # an idle batch lets the first text wait up to max_wait_ms for company
+        texts = sum(len(request.texts) for request in waiting)
+        company = time.monotonic() - waiting[0].arrived >= self.settings.max_wait_ms / 1000
+        return company or texts >= self.settings.max_batch_size
 
-    async def _run(self, jobs: list[_Job]) -> None:
-        groups: dict[Hashable, list[_Job]] = {}
-        for job in jobs:
-            groups.setdefault(job.key, []).append(job)
-        loop = asyncio.get_running_loop()
-        for key, group in groups.items():
-            started = time.perf_counter()
-            self.model_calls += 1
-            try:
-                results = await loop.run_in_executor(
-                    self._executor, self.run_batch, [job.text for job in group], key
-                )
-            except Exception as error:  # the requests get a 500; the worker keeps serving
-                results = [error] * len(group)
+    def _idle_wait(self) -> float | None:
+        waiting = [request for request in self._requests if not request.cancelled]
+        if self.engine is None or not waiting:
+            return None
+        return max(0.0, waiting[0].arrived + self.settings.max_wait_ms / 1000 - time.monotonic())
+
+    def _drop_cancelled(self) -> list[Example]:
+        """Forget cancelled requests (under the lock); returns their examples in the batch."""
+        running = []
+        for request in [request for request in self._requests if request.cancelled]:
+            self._requests.remove(request)
+            for example in request.examples:
+                if example in self._running:
+                    running.append(example)
+                    del self._running[example]
+                example.done = True
             if self.metrics is not None:
-                self.metrics.observe_model_call(len(group), time.perf_counter() - started)
-            for job, result in zip(group, results, strict=True):
-                if job.future.done():
+                self.metrics.cancelled.labels(request.cancelled).inc()
+            request.loop.call_soon_threadsafe(request.future.cancel)
+        return running
+
+    def _admit(self) -> None:
+        """Move waiting examples into the batch: the request holding the fewest rows first,
+        within the row and text budgets, one request's share, and the tokenize/encode budgets."""
+        settings, engine = self.settings, self.engine
+        with self._lock:
+            requests = [request for request in self._requests if not request.cancelled]
+        rows = engine.rows
+        texts = len(self._running)
+        held = {request: [0, 0] for request in requests}  # rows, texts in the batch
+        for example in self._running:
+            if example.request in held:
+                held[example.request][0] += example.rows
+                held[example.request][1] += 1
+        chars = tokens = 0
+        chosen: dict[Request, list[Example]] = {}
+        candidates = [request for request in requests if self._next_waiting(request) is not None]
+        while candidates and texts < settings.max_batch_size:
+            request = min(candidates, key=lambda r: (held[r][0], r.arrived))
+            example = self._next_waiting(request)
+            if example is None or not self._fits(example, held[request], rows):
+                candidates.remove(request)
+                continue
+            if chosen and (chars >= settings.prepare_chars or tokens >= settings.encode_tokens):
+                break  # the rest joins at the next step: short requests keep moving meanwhile
+            if example.prepared is None:
+                chars += len(example.text)
+                try:
+                    example.tokens = engine.prepare(example)
+                except Exception as error:  # this request's text failed to tokenize: a 500 for it alone
+                    log.exception("tokenizing a request failed")
+                    chosen.pop(request, None)
+                    candidates.remove(request)
+                    self._finish(request, error)
                     continue
-                if isinstance(result, Exception):
-                    job.future.set_exception(result)
-                else:
-                    job.future.set_result(result)
+            tokens += example.tokens
+            example.admitted_at = self.iterations
+            chosen.setdefault(request, []).append(example)
+            held[request][0] += example.rows
+            held[request][1] += 1
+            rows += example.rows
+            texts += 1
+        for request, examples in chosen.items():
+            try:
+                engine.admit(examples)
+            except Exception as error:  # this request's texts failed to encode: a 500 for it alone
+                log.exception("encoding a request failed")
+                self._finish(request, error)
+                continue
+            for example in examples:
+                self._running[example] = None
+
+    def _fits(self, example: Example, held: list[int], rows: int) -> bool:
+        """Whether ``example`` may join a batch of ``rows`` rows, its request holding ``held``
+        (rows, texts): within the row budget and the request's share (a request holding nothing
+        always may, so that every request moves)."""
+        settings = self.settings
+        if rows and rows + example.rows > settings.max_batch_rows:
+            return False
+        if not held[1]:
+            return True
+        share_rows = settings.request_share * settings.max_batch_rows
+        share_texts = settings.request_share * settings.max_batch_size
+        return held[0] + example.rows <= share_rows and held[1] + 1 <= max(1, share_texts)
+
+    @staticmethod
+    def _next_waiting(request: Request) -> Example | None:
+        for example in request.examples:
+            if example.admitted_at is None and not example.done:
+                return example
+        return None
+
+    def _step(self) -> None:
+        engine = self.engine
+        if not engine.rows:
+            return
+        predicted = sum(example.rows * (engine.cost.per_row + engine.cost.per_row_token * example.tokens)
+                        for example in self._running)  # fmt: skip
+        started = time.perf_counter()
+        finished = engine.step()
+        seconds = time.perf_counter() - started
+        self.iterations += 1
+        if engine.rows + len(finished) >= self.settings.max_batch_rows // 4 and predicted > 0:
+            # the machine's speed now, measured where batching is effective (slow steps of a
+            # near-empty batch would make admission too careful for the next burst)
+            self.slowdown = 0.9 * self.slowdown + 0.1 * min(20.0, max(0.2, seconds / predicted))
+        if self.metrics is not None:
+            self.metrics.observe_model_call(len(self._running), seconds)
+            self.metrics.model_seconds.inc(seconds)
+        for example, result, steps in finished:
+            self.fill = 0.95 * self.fill + 0.05 * min(1.0, steps / self._bound(example))
+            self._running.pop(example, None)
+            example.done = True
+            request = example.request
+            if request.cancelled:
+                continue
+            request.results[example.index] = result
+            if all(other.done for other in request.examples):
+                self._finish(request, request.results)
+        if self.metrics is not None:
+            self.metrics.running_rows.set(engine.rows)
+            self.metrics.queue_depth.set(self.depth)
+
+    def _finish(self, request: Request, outcome: Any) -> None:
+        with self._lock:
+            if request in self._requests:
+                self._requests.remove(request)
+            for example in request.examples:
+                example.done = True
+                self._running.pop(example, None)
+        _resolve(request, outcome)
+
+    def _fail_running(self, error: Exception) -> None:
+        """After a failed step: every request in the batch gets ``error``; the batch is emptied."""
+        requests = {example.request for example in self._running}
+        examples = list(self._running)
+        self._running.clear()
+        try:
+            self.engine.cancel(examples)
+        except Exception:  # a broken batch: start a new one
+            log.exception("the running batch could not be emptied")
+        for request in requests:
+            self._finish(request, error)
 
     def _observe_depth(self) -> None:
         if self.metrics is not None:
-            self.metrics.queue_depth.set(len(self._pending))
+            with self._lock:
+                self.metrics.queue_depth.set(self.depth)
+
+
+def _resolve(request: Request, outcome: Any) -> None:
+    """Answer ``request`` from any thread: its results (a list) or an exception."""
+
+    def answer() -> None:
+        if request.future.done():
+            return
+        if isinstance(outcome, BaseException):
+            request.future.set_exception(outcome)
+        else:
+            request.future.set_result(outcome)
+
+    request.loop.call_soon_threadsafe(answer)

@@ -24,15 +24,31 @@ class Metrics:
             buckets=LATENCY_BUCKETS, registry=self.registry,
         )  # fmt: skip
         self.model_latency = Histogram(
-            "gatesum_model_call_seconds", "time of one model call (one micro-batch group)",
+            "gatesum_model_call_seconds", "time of one model call (one decoder step of the running batch)",
             buckets=LATENCY_BUCKETS, registry=self.registry,
         )  # fmt: skip
         self.batch_size = Histogram(
-            "gatesum_batch_size", "texts per model call", buckets=BATCH_BUCKETS, registry=self.registry
+            "gatesum_batch_size",
+            "texts in the running batch per decoder step",
+            buckets=BATCH_BUCKETS,
+            registry=self.registry,
         )
         self.queue_depth = Gauge("gatesum_queue_depth", "texts waiting for the model", registry=self.registry)
         self.rejected = Counter(
             "gatesum_rejected", "requests refused by the service", ["reason"], registry=self.registry
+        )
+        # continuous batching (service/batching.py): work stopped, model time, the running batch
+        self.cancelled = Counter(
+            "gatesum_cancelled", "requests whose work was stopped: timeout, disconnect", ["reason"],
+            registry=self.registry,
+        )  # fmt: skip
+        self.model_seconds = Counter(
+            "gatesum_model_seconds", "time the model thread spent in decoder steps", registry=self.registry
+        )
+        self.running_rows = Gauge(
+            "gatesum_running_rows",
+            "decoder rows (texts × beams) in the running batch",
+            registry=self.registry,
         )
 
     def observe_model_call(self, texts: int, seconds: float) -> None:

@@ -67,6 +67,27 @@ class Settings(GenerationSettings):
         1, ge=0, description="Retry-After of a 503 when the queue is full or the model is loading"
     )
 
+    # --- continuous batching and admission by cost (service/batching.py, issue #16) ---------------
+    # Requests join and leave the running decoder batch at step boundaries (max_batch_size caps
+    # its texts, max_batch_rows its rows); a request whose estimated model time cannot finish
+    # within request_timeout_s is refused at once (503 + Retry-After), and so is one over a
+    # client's share (429). The ceiling of one request, in row-steps, is texts × beam_size ×
+    # (min(max_length, source tokens) + 1): 65,536 is, e.g., 16 texts at beam 16 and max_length 255.
+    max_batch_rows: int = Field(128, ge=1, description="decoder rows (texts × beams) stepped together")
+    request_share: float = Field(
+        0.5, gt=0, le=1, description="the part of the running batch one request may hold while others "
+        "wait, and of request_timeout_s of model time one client may have queued (past it, 429)",
+    )  # fmt: skip
+    max_request_row_steps: int = Field(
+        65_536, ge=1, description="one request's cost ceiling in row-steps (past it, 429)"
+    )
+    prepare_chars: int = Field(
+        100_000, ge=1, description="characters tokenized per decoder step on the model thread (≥ 1 text)"
+    )
+    encode_tokens: int = Field(
+        2048, ge=1, description="source tokens encoded per decoder step (≥ 1 text), so steps keep coming"
+    )
+
     # The generation defaults (beam_size, max_length, ...) are fields of GenerationSettings above.
 
     # --- access: API keys and per-client rate limits (service/security.py) ----------------------

@@ -1,4 +1,4 @@
-"""``ModelService``: the loaded bundle, its micro-batcher and its metrics, built in the app's
+"""``ModelService``: the loaded bundle, its continuous batcher and its metrics, built in the app's
 lifespan; routes receive it through the ``Service`` / ``ReadyService`` dependencies.
 
 The model loads on a background thread (``start_loading``), so that the port is open at once:
@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import random
 import threading
 import time
+from contextvars import ContextVar
 from dataclasses import dataclass, replace
 from typing import Annotated
 
@@ -21,20 +23,31 @@ from fastapi import Depends, HTTPException, Request
 from gatesum.model.bundle import Bundle
 from gatesum.model.errors import GatesumError
 from gatesum.model.kernels import kernels_enabled, lstm_ops
-from gatesum.model.pipeline import Summary, load, summarize_texts
+from gatesum.model.pipeline import (
+    Summary,
+    build_summary,
+    encode_sources,
+    load,
+    source_max_tokens,
+    top_forward_gates,
+)
+from gatesum.model.running import RunningBatch
 from gatesum.model.search import GenerationConfig
-from gatesum.service.batching import MicroBatcher
+from gatesum.service.batching import CHARS_PER_TOKEN, ContinuousBatcher, Example, Refused, StepCost
 from gatesum.service.metrics import Metrics
 from gatesum.service.schemas import GenerationOptions
 from gatesum.service.settings import Settings
 
 log = logging.getLogger("gatesum.service")
 LOADING = "loading"  # the reason /readyz gives while the model loads
+# The HTTP request being served: the ReadyService dependency records it, so that ``summarize``
+# can tell who asks (the client's share) and notice a client that hangs up.
+HTTP_REQUEST: ContextVar[Request | None] = ContextVar("gatesum_http_request", default=None)
 
 
 @dataclass(frozen=True)
 class BatchKey:
-    """A micro-batch group: texts that share it go through one model call."""
+    """A request's search settings: its texts form one search group in the running batch."""
 
     generation: GenerationConfig  # frozen, so hashable as it is
     explain: bool
@@ -47,9 +60,7 @@ class ModelService:
         self.bundle: Bundle | None = None  # set once the model is loaded and its loops are built
         self.reason = LOADING  # why the service is not ready; "" once it is
         self.loaded = threading.Event()  # set when loading ends, ready or not
-        self.batcher = MicroBatcher(
-            self._run_batch, settings.max_batch_size, settings.max_wait_ms, settings.max_queue, metrics
-        )
+        self.batcher = ContinuousBatcher(settings, metrics)
 
     def start_loading(self) -> None:
         """``load`` on a daemon thread: a stop during a long first build does not wait for it."""
@@ -62,6 +73,7 @@ class ModelService:
         started = time.perf_counter()
         try:
             bundle = self._load()
+            engine = ServiceEngine(bundle, self.settings)  # calibrated: request costs are known
         except GatesumError as error:  # a missing or corrupt bundle, or a device this machine lacks
             self.reason = str(error)  # a device error names GATESUM_DEVICE itself
             if not self.reason.startswith("GATESUM_DEVICE"):
@@ -71,6 +83,7 @@ class ModelService:
             self.reason = f"loading {self.settings.model} failed: {type(error).__name__}"
             log.error("startup: the model could not be loaded: %s", self.reason, exc_info=error)
         else:
+            self.batcher.attach(engine)
             self.bundle = bundle  # published last: requests are served from here on
             self.reason = ""
             log.info("startup: ready in %.2f s, serving %s from %s",
@@ -121,21 +134,141 @@ class ModelService:
     async def summarize(
         self, texts: list[str], options: GenerationOptions, explain: bool = False
     ) -> list[Summary]:
-        """Summaries through the micro-batcher; TimeoutError past the request timeout."""
+        """Summaries through the continuous batcher. Refused at once (HTTPException 429/503 +
+        Retry-After) when the estimated cost does not fit; TimeoutError past the request timeout
+        and a 499 when the client hangs up, both after stopping the work."""
         key = BatchKey(self.generation(options), explain)
-        return await asyncio.wait_for(self.batcher.submit(texts, key), self.settings.request_timeout_s)
+        http = HTTP_REQUEST.get()
+        try:
+            job = self.batcher.submit(texts, key, client_identity(http))
+        except Refused as refusal:
+            self.metrics.rejected.labels(refusal.reason).inc()
+            headers = {"Retry-After": str(max(1, refusal.retry_after))} if refusal.retry_after else None
+            raise HTTPException(refusal.status, str(refusal), headers=headers) from None
+        waits = {job.future}
+        watcher = asyncio.ensure_future(_hang_up(http)) if http is not None else None
+        if watcher is not None:
+            waits.add(watcher)
+        try:
+            done, _ = await asyncio.wait(waits, timeout=self.settings.request_timeout_s,
+                                         return_when=asyncio.FIRST_COMPLETED)  # fmt: skip
+        except asyncio.CancelledError:
+            job.cancel("cancelled")
+            raise
+        finally:
+            if watcher is not None:
+                watcher.cancel()
+        if job.future in done:
+            return job.future.result()
+        if watcher in done:
+            job.cancel("disconnect")
+            raise HTTPException(499, "the client closed the request")
+        job.cancel("timeout")
+        raise TimeoutError
 
-    def _run_batch(self, texts: list[str], key: BatchKey) -> list[Summary]:
-        """One model call (on the batcher's thread)."""
-        return summarize_texts(self.bundle, texts, key.generation, batch_size=len(texts), explain=key.explain)
+
+class ServiceEngine:
+    """The model side of the continuous batcher (service/batching.py ``Engine``): tokenizing,
+    the running batch of model/running.py and the summaries; runs on the scheduler thread."""
+
+    def __init__(self, bundle: Bundle, settings: Settings) -> None:
+        self.bundle = bundle
+        self.batch = RunningBatch(bundle.model)
+        self.source_limit = source_max_tokens(bundle)
+        self.gates: dict[Example, dict | None] = {}  # explain: each text's top forward encoder gates
+        self.cost = calibrate(bundle, settings)
+
+    @property
+    def rows(self) -> int:
+        return self.batch.rows
+
+    def prepare(self, example: Example) -> int:
+        [ids], [input_tokens] = encode_sources(self.bundle, [example.text])
+        example.prepared = (ids, input_tokens)
+        return len(ids)
+
+    def admit(self, examples: list[Example]) -> None:
+        key: BatchKey = examples[0].request.key
+        sources = [example.prepared[0] for example in examples]
+        gates = self.batch.admit(sources, key.generation, examples, key.explain)
+        for position, example in enumerate(examples):
+            self.gates[example] = top_forward_gates(gates, self.bundle, position, len(sources[position]))
+
+    def step(self) -> list[tuple[Example, Summary, int]]:
+        finished = []
+        for decoded in self.batch.step():
+            example: Example = decoded.handle
+            ids, input_tokens = example.prepared
+            summary = build_summary(self.bundle, example.text, ids, input_tokens, decoded.tokens,
+                                    example.request.key.explain, decoded.attention,
+                                    self.gates.pop(example, None))  # fmt: skip
+            finished.append((example, summary, len(decoded.tokens) + 1))
+        return finished
+
+    def cancel(self, examples: list[Example]) -> None:
+        self.batch.cancel(set(examples))
+        for example in examples:
+            self.gates.pop(example, None)
+
+
+def calibrate(bundle: Bundle, settings: Settings) -> StepCost:
+    """The cost model's α, β, γ on this machine (a second or two at startup): decoder steps of a
+    batch as wide as the settings allow over short and over the longest sources, and the
+    tokenizing and encoding of a long text."""
+    model, limit = bundle.model, source_max_tokens(bundle)
+    texts = max(1, min(settings.max_batch_size, settings.max_batch_rows // 4))
+    generation = GenerationConfig(beam_size=4, max_length=8, min_length=8, no_repeat_ngram_size=3)
+    rng = random.Random(0)
+    per_row = {}
+    for width in sorted({min(32, limit), limit}):
+        batch = RunningBatch(model)
+        sources = [[rng.randrange(4, model.config.vocab_size) for _ in range(width)] for _ in range(texts)]
+        started = time.perf_counter()
+        batch.admit(sources, generation, range(texts))
+        encode = (time.perf_counter() - started) / (texts * width)  # per source token
+        batch.step()  # the first step warms up
+        started = time.perf_counter()
+        for _ in range(3):
+            batch.step()
+        per_row[width] = (time.perf_counter() - started) / 3 / (texts * generation.beam_size)
+    narrow, wide = min(per_row), max(per_row)
+    per_row_token = max(0.0, (per_row[wide] - per_row[narrow]) / max(1, wide - narrow))
+    text = " ".join(rng.choice(("The", "council", "voted", "on", "a", "bridge.")) for _ in range(4000))
+    started = time.perf_counter()
+    encode_sources(bundle, [text])
+    per_char = (time.perf_counter() - started) / len(text) + encode / CHARS_PER_TOKEN
+    cost = StepCost(max(1e-6, per_row[narrow] - per_row_token * narrow), per_row_token, per_char)
+    log.info("startup: cost model: %.3g s per row-step, + %.3g s per source token; %.3g s per character",
+             cost.per_row, cost.per_row_token, cost.per_char)  # fmt: skip
+    return cost
+
+
+def client_identity(http: Request | None) -> str:
+    """Who is asking, for the per-client share: the API key's name when security has set one,
+    else the client's address."""
+    if http is None:
+        return ""
+    named = getattr(http.state, "client", None)
+    return str(named) if named else (http.client.host if http.client else "")
+
+
+async def _hang_up(http: Request) -> None:
+    """Returns when the client of ``http`` disconnects (its body has been read already, so the
+    next message from the server is the disconnect)."""
+    while (await http.receive())["type"] != "http.disconnect":
+        pass
 
 
 def get_service(request: Request) -> ModelService:
     return request.app.state.service
 
 
-def ready_service(service: Annotated[ModelService, Depends(get_service)]) -> ModelService:
-    """The service, or 503: with Retry-After while the model loads, without once loading failed."""
+async def ready_service(
+    service: Annotated[ModelService, Depends(get_service)], request: Request
+) -> ModelService:
+    """The service, or 503: with Retry-After while the model loads, without once loading failed.
+    Records the HTTP request for ``ModelService.summarize`` (``HTTP_REQUEST``)."""
+    HTTP_REQUEST.set(request)
     if service.loading:
         retry = str(service.settings.retry_after_s)
         raise HTTPException(

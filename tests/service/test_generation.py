@@ -76,13 +76,13 @@ def test_the_request_over_the_service_defaults_is_the_batch_key(tiny_bundle: Pat
 
 def test_coverage_penalty_reaches_the_search(monkeypatch: pytest.MonkeyPatch, tiny_bundle: Path) -> None:
     used: list[GenerationConfig] = []
-    summarize_texts = state.summarize_texts
+    admit = state.ServiceEngine.admit
 
-    def spy(bundle, texts, generation, **kwargs):
-        used.append(generation)
-        return summarize_texts(bundle, texts, generation, **kwargs)
+    def spy(engine, examples):
+        used.append(examples[0].request.key.generation)
+        return admit(engine, examples)
 
-    monkeypatch.setattr(state, "summarize_texts", spy)
+    monkeypatch.setattr(state.ServiceEngine, "admit", spy)
     with serving(make_settings(tiny_bundle)) as client:
         response = client.post(
             "/v1/summarize", json={"text": ARTICLE, "beam_size": 2, "coverage_penalty": 0.5}
