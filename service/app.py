@@ -20,6 +20,8 @@ from starlette.exceptions import HTTPException
 
 from gatesum.service.errors import http_error, internal_error, validation_error
 from gatesum.service.limits import RequestLimitsMiddleware
+from gatesum.service.memory_routes import memory_router
+from gatesum.service.memory_state import start_memory
 from gatesum.service.metrics import Metrics, MetricsMiddleware
 from gatesum.service.routes import STATIC, router
 from gatesum.service.security import PROTECTED, AccessMiddleware, TokenBuckets, load_keys
@@ -39,6 +41,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.state.service = service
         service.batcher.start()
         service.start_loading()  # in the background: the port opens now, /readyz says "loading"
+        app.state.memory = start_memory(settings)  # recall models for /v1/memory, also in the background
         yield
         await service.batcher.stop()
 
@@ -50,6 +53,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         docs_url=None,  # served below from local files: FastAPI's default page loads them from a CDN
     )
     app.include_router(router)
+    app.include_router(memory_router)
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
     app.mount("/docs-assets", StaticFiles(directory=DOCS_ASSETS), name="docs-assets")
 

@@ -19,9 +19,11 @@ def explanation(bundle: Bundle, summary: Summary) -> dict[str, Any]:
     attention = summary.attention if summary.attention is not None else torch.zeros(0, len(source_ids))
     rows = attention.shape[0]  # summary tokens + EOS, or fewer when max_length cut it short
     summary_ids = [*summary.token_ids, bundle.model.config.eos_id][:rows]
+    memory = summary.memory_trace
     return {
         "source_tokens": bundle.tokenizer.id_to_piece(source_ids),
         "summary_tokens": bundle.tokenizer.id_to_piece(summary_ids),
         "attention": [[round(value, DIGITS) for value in row] for row in attention.float().tolist()],
-        "memory": [round(value, DIGITS) for value in summary.memory_trace] if summary.memory_trace else None,
+        # significant digits, not decimals: the page draws the trace on a log scale, 3e-7 is not 0
+        "memory": [float(f"{value:.{DIGITS}g}") for value in memory] if memory else None,
     }

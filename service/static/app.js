@@ -1,5 +1,6 @@
-// The gatesum page: POST /v1/explain, then draw the summary, the attention heatmap and the
-// memory trace. Plain JS, no build step.
+// The gatesum page: two views. "Summarize" posts to /v1/explain and draws the summary, the
+// attention heatmap (heatmap.js) and the encoder's memory trace over the text as written;
+// "Memory" (memory.js) posts to /v1/memory. Plain JS, no build step.
 "use strict";
 
 const $ = (id) => document.getElementById(id);
@@ -8,33 +9,11 @@ const $ = (id) => document.getElementById(id);
 const display = (piece) => (piece === "·" ? "" : piece.replace(/▁/g, " "));
 const label = (piece) => (piece.startsWith("▁") ? piece.slice(1) || "▁" : piece);
 
-async function summarize(event) {
-  event.preventDefault();
-  const body = {
-    text: $("source").value,
-    beam_size: Number($("beam_size").value),
-    max_length: Number($("max_length").value),
-  };
-  $("error").hidden = true;
-  $("status").textContent = "summarizing…";
-  $("summarize").disabled = true;
-  try {
-    show(await explain(body));
-  } catch (error) {
-    clearResult(); // an old summary under a new error would read as the answer to this text
-    $("error").textContent = error.message;
-    $("error").hidden = false;
-  } finally {
-    $("status").textContent = "";
-    $("summarize").disabled = false;
-  }
-}
-
-// POST /v1/explain; an Error whose message is a sentence for the reader when it fails
-async function explain(body) {
+// POST a JSON body; an Error whose message is a sentence for the reader when it fails
+async function postJSON(path, body) {
   let response;
   try {
-    response = await fetch("/v1/explain", {
+    response = await fetch(path, {
       method: "POST",
       headers: { "content-type": "application/json" },
       body: JSON.stringify(body),
@@ -47,86 +26,196 @@ async function explain(body) {
   return answer;
 }
 
+// --- views: #summarize (default) and #memory ---------------------------------------------------
+
+function showView() {
+  const view = location.hash === "#memory" ? "memory" : "summarize";
+  for (const name of ["summarize", "memory"]) {
+    $(`view-${name}`).hidden = name !== view;
+    $(`tab-${name}`).setAttribute("aria-current", name === view ? "page" : "false");
+  }
+  if (view === "memory") openMemoryView(); // memory.js
+}
+
+// --- generation settings: bounds from the service's own schema, defaults left to the service ---
+
+const GENERATION_FIELDS = ["beam_size", "max_length"];
+
+async function loadGenerationBounds() {
+  try {
+    const schema = await (await fetch("/openapi.json")).json();
+    const fields = schema.components.schemas.SummarizeRequest.properties;
+    for (const name of GENERATION_FIELDS) {
+      const field = fields[name];
+      const integer = (field.anyOf || [field]).find((option) => option.type === "integer") || {};
+      const input = $(name);
+      if (integer.minimum !== undefined) input.min = integer.minimum;
+      if (integer.maximum !== undefined) input.max = integer.maximum;
+      input.title = `${field.description || name} (${input.min || "?"}–${input.max || "?"}; empty: the service's default)`;
+    }
+  } catch {
+    // no schema (a proxy in the way): the service still checks every bound and says why
+  }
+}
+
+function generationSettings() {
+  const settings = {};
+  for (const name of GENERATION_FIELDS) {
+    const value = $(name).value.trim();
+    if (value !== "") settings[name] = Number(value); // only what the visitor set
+  }
+  return settings;
+}
+
+// --- the summarize view --------------------------------------------------------------------------
+
+async function summarize(event) {
+  event.preventDefault();
+  const text = $("source").value;
+  $("error").hidden = true;
+  $("status").textContent = "summarizing…";
+  $("summarize").disabled = true;
+  try {
+    show(await postJSON("/v1/explain", { text, ...generationSettings() }), text);
+  } catch (error) {
+    clearResult(); // an old summary under a new error would read as the answer to this text
+    $("error").textContent = error.message;
+    $("error").hidden = false;
+  } finally {
+    $("status").textContent = "";
+    $("summarize").disabled = false;
+  }
+}
+
 function clearResult() {
   $("result").hidden = true;
   $("summary").textContent = "";
   $("meta").textContent = "";
-  $("heatmap-hover").innerHTML = "&nbsp;";
-  const canvas = $("heatmap");
-  canvas.width = canvas.height = 0;
-  delete canvas.dataset.rows;
-  delete canvas.dataset.columns;
+  clearHeatmap(); // heatmap.js
   $("memory").replaceChildren();
 }
 
-function show(answer) {
+function show(answer, text) {
   $("summary").textContent = answer.summary;
   $("meta").textContent =
     `${answer.input_tokens} source tokens${answer.truncated ? " (truncated: the model read the first " +
       answer.source_tokens.length + ")" : ""} · ${answer.elapsed_ms} ms · ${answer.model}`;
+  $("result").hidden = false; // before drawing: the heatmap sizes itself to its frame
   drawHeatmap(answer.attention, answer.summary_tokens, answer.source_tokens);
-  drawMemory(answer.memory, answer.source_tokens);
-  $("result").hidden = false;
+  drawMemory(answer.memory, answer.source_tokens, text);
 }
 
-function drawHeatmap(attention, rows, columns) {
-  const canvas = $("heatmap");
-  const cell = columns.length > 150 ? 6 : 14;
-  const left = 90, top = cell >= 14 ? 70 : 10;
-  canvas.width = left + cell * columns.length + 10;
-  canvas.height = top + cell * rows.length + 10;
-  canvas.dataset.rows = rows.length;
-  canvas.dataset.columns = columns.length;
-  const context = canvas.getContext("2d");
-  context.fillStyle = "#fff";
-  context.fillRect(0, 0, canvas.width, canvas.height);
-  attention.forEach((row, i) => {
-    const peak = Math.max(...row, 1e-9); // each row scaled to its own maximum: where it looked most
-    row.forEach((weight, j) => {
-      context.fillStyle = `rgba(12, 74, 160, ${weight / peak})`;
-      context.fillRect(left + j * cell, top + i * cell, cell - 1, cell - 1);
-    });
-  });
-  context.fillStyle = "#333";
-  context.font = "11px system-ui, sans-serif";
-  context.textAlign = "right";
-  context.textBaseline = "middle";
-  rows.forEach((piece, i) => context.fillText(label(piece), left - 4, top + i * cell + cell / 2));
-  if (cell >= 14) {
-    columns.forEach((piece, j) => {
-      context.save();
-      context.translate(left + j * cell + cell / 2, top - 4);
-      context.rotate(-Math.PI / 2);
-      context.textAlign = "left";
-      context.fillText(label(piece), 0, 0);
-      context.restore();
-    });
+// --- the encoder's memory trace, coloured on a log scale ----------------------------------------
+
+// The colour scale runs over whole decades, from the smallest share in this text (down to 1e-12)
+// to 1: pale for what is all but gone, deep orange for what is all still there.
+let logFloor = -4;
+
+function traceColour(value) {
+  const level = value > 0 ? Math.min(1, Math.max(0, 1 - Math.log10(value) / logFloor)) : 0;
+  return `hsl(${(45 - 25 * level).toFixed(1)}, 95%, ${(94 - 40 * level).toFixed(1)}%)`;
+}
+
+const percent = (value) => (value >= 0.001 ? `${(value * 100).toFixed(1)}%` : `${value.toExponential(1)} of it`);
+
+function drawLegend(memory) {
+  const smallest = Math.min(...memory.filter((value) => value > 0), 1);
+  logFloor = Math.max(-12, Math.min(-1, Math.floor(Math.log10(smallest))));
+  const legend = $("memory-legend");
+  legend.replaceChildren("left at the end (log scale):");
+  const step = Math.max(1, Math.round(-logFloor / 4));
+  const exponents = [];
+  for (let exponent = logFloor; exponent < 0; exponent += step) exponents.push(exponent);
+  for (const exponent of [...exponents, 0]) {
+    const swatch = document.createElement("span");
+    swatch.style.backgroundColor = traceColour(10 ** exponent);
+    swatch.textContent = exponent === 0 ? "all" : exponent === logFloor ? `≤ 1e${exponent}` : `1e${exponent}`;
+    legend.append(swatch);
   }
-  canvas.onmousemove = (event) => {
-    const box = canvas.getBoundingClientRect();
-    const j = Math.floor((event.clientX - box.left - left) / cell);
-    const i = Math.floor((event.clientY - box.top - top) / cell);
-    if (i >= 0 && i < rows.length && j >= 0 && j < columns.length) {
-      $("heatmap-hover").textContent =
-        `${label(rows[i])} → ${label(columns[j])}: ${attention[i][j].toFixed(3)}`;
-    }
-  };
 }
 
-function drawMemory(memory, tokens) {
+// Where each piece lies in the text as the visitor wrote it: [start, end) character offsets,
+// or null where it cannot be found. The pieces are of the normalized text (lowercased, split at
+// punctuation, curly quotes made straight), so the match is case-blind, skips white space and
+// invisible characters, and reads a few normalized forms back.
+const SAME = { "\u201c": '"', "\u201d": '"', "\u201e": '"', "\u2018": "'", "\u2019": "'",
+               "\u2014": "--", "\u2013": "--", "\u2026": "..." }; // prettier-ignore
+const SKIPPED = /[\s\p{Cc}\p{Cf}]/u;
+
+function alignPieces(text, pieces) {
+  const chars = [], origins = []; // the text as the normalizer writes it, minus spaces
+  for (let i = 0; i < text.length; i++) {
+    if (SKIPPED.test(text[i])) continue;
+    for (const c of SAME[text[i]] || text[i].toLowerCase()) {
+      chars.push(c);
+      origins.push(i);
+    }
+  }
+  const stream = chars.join("");
+  let cursor = 0;
+  return pieces.map((piece) => {
+    const wanted = piece.replace(/[▁\s]/g, "");
+    if (!wanted) return null;
+    let at = stream.startsWith(wanted, cursor) ? cursor : stream.indexOf(wanted, cursor);
+    if (at < 0 || at - cursor > 40) return null; // lost here: try the next piece from the same place
+    cursor = at + wanted.length;
+    return [origins[at], origins[cursor - 1] + 1];
+  });
+}
+
+function drawMemory(memory, pieces, text) {
   const target = $("memory");
   target.replaceChildren();
-  tokens.forEach((piece, t) => {
+  $("memory-legend").replaceChildren();
+  if (!memory) {
+    target.append("(no memory trace for this model)");
+    return;
+  }
+  drawLegend(memory);
+  const spans = alignPieces(text, pieces);
+  const blank = (t) => !pieces[t].replace(/[▁\s]/g, ""); // "▁" alone: the space before a word
+  const found = spans.filter(Boolean).length;
+  const words = pieces.filter((_, t) => !blank(t)).length;
+  const token = (t, content) => {
     const span = document.createElement("span");
-    span.textContent = display(piece);
-    if (memory) {
-      span.style.backgroundColor = `rgba(230, 120, 0, ${memory[t]})`;
-      span.title = `${label(piece)}: ${(memory[t] * 100).toFixed(1)}% remembered`;
+    span.textContent = content;
+    span.dataset.t = t;
+    span.style.backgroundColor = traceColour(memory[t]);
+    span.title = `${label(pieces[t])}: ${percent(memory[t])} remembered`;
+    return span;
+  };
+  if (found < 0.9 * words) { // the mapping does not hold: the tokens as the model read them
+    pieces.forEach((piece, t) => target.append(token(t, display(piece))));
+    return;
+  }
+  const next = []; // where the next found piece starts, for each t
+  for (let t = pieces.length - 1, start = text.length; t >= 0; t--) {
+    next[t] = start;
+    if (spans[t]) start = spans[t][0];
+  }
+  let written = 0; // characters of the text placed so far
+  spans.forEach((span, t) => {
+    if (!span && blank(t)) { // "▁": the white space it stands for, up to the next word
+      let end = written;
+      while (end < next[t] && /\s/.test(text[end])) end++;
+      span = [written, end];
     }
-    target.append(span);
+    if (!span || span[0] < written) return;
+    target.append(text.slice(written, span[0]), token(t, text.slice(span[0], span[1])));
+    written = span[1];
   });
-  if (!memory) target.append(" (no memory trace for this model)");
+  if (text.slice(written).trim()) { // past the model's source limit: not read at all
+    const rest = document.createElement("span");
+    rest.className = "unread";
+    rest.title = "not read: past the number of source tokens the model reads";
+    rest.textContent = text.slice(written);
+    target.append(rest);
+  } else {
+    target.append(text.slice(written));
+  }
 }
+
+// --- start ----------------------------------------------------------------------------------------
 
 // the model's name from /readyz; while the model loads (503 "loading"), ask again every second
 async function loadModelName() {
@@ -144,5 +233,10 @@ async function loadModelName() {
   }
 }
 
-$("form").addEventListener("submit", summarize);
-loadModelName();
+document.addEventListener("DOMContentLoaded", () => {
+  $("form").addEventListener("submit", summarize);
+  window.addEventListener("hashchange", showView);
+  showView();
+  loadModelName();
+  loadGenerationBounds();
+});

@@ -67,3 +67,11 @@ def write_examples(data: Path) -> Path:
         with gzip.open(path, "wt", encoding="utf-8") as file:
             file.writelines(json.dumps(row) + "\n" for row in rows)
     return data
+
+
+def recall_models_once(factory) -> Path:
+    """The tiny recall models, trained once per test session (``factory``: tmp_path_factory)."""
+    directory = factory.getbasetemp() / "recall-models"
+    if not (directory / "lstm-peephole.json").exists():
+        build_recall_models(directory)
+    return directory

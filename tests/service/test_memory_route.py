@@ -20,12 +20,12 @@ from gatesum.model.tokenizer import Tokenizer
 from gatesum.service.memory_state import sample_positions
 from gatesum.service.settings import Settings
 from tests.service.helpers import ARTICLE, serving
-from tests.service.memory_helpers import build_recall_models, generated_text, write_examples
+from tests.service.memory_helpers import generated_text, recall_models_once, write_examples
 
 
 @pytest.fixture(scope="session")
 def recall_models(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return build_recall_models(tmp_path_factory.mktemp("recall-models"))
+    return recall_models_once(tmp_path_factory)
 
 
 @pytest.fixture
