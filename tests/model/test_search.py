@@ -270,3 +270,53 @@ def test_summarize_ids_is_the_search_of_summarize_texts(tiny_bundle):
     from_texts = [summary.token_ids for summary in summarize_texts(bundle, texts, config, batch_size=2)]
     assert summarize_ids(bundle.model, sources, config, batch_size=2) == from_texts
     assert all(len(ids) <= min(len(source), 8) for ids, source in zip(from_texts, sources))
+
+
+def run_joining(bundle, texts, configs, explain=False, cancel=None):
+    """Decode ``texts`` through one RunningBatch, text i (with ``configs[i]``) joining at step 2·i,
+    the text ``cancel`` dropped at step 3; returns {index: Decoded}."""
+    from gatesum.model.running import RunningBatch
+
+    sources, _ = encode_sources(bundle, texts)
+    batch = RunningBatch(bundle.model)
+    decoded, step = {}, 0
+    while step < 2 * len(texts) or batch.rows:
+        if step % 2 == 0 and step // 2 < len(texts):
+            batch.admit([sources[step // 2]], configs[step // 2], [step // 2], explain)
+        if step == 3 and cancel is not None:
+            batch.cancel({cancel})
+        decoded.update((item.handle, item) for item in batch.step())
+        step += 1
+    return decoded
+
+
+def test_continuous_batching_gives_the_summaries_of_summarize_texts(tiny_bundle):
+    """Texts joining a running batch at different steps, beside other settings, decode to the
+    same tokens as summarize_texts gives them (greedy, beam, β, n-gram blocking, explain)."""
+    bundle = load_bundle(tiny_bundle)
+    texts = [" ".join(["City team won the match."] * n) + f" Story {n}." for n in (1, 6, 2, 12, 3, 30)]
+    settings = [
+        GenerationConfig(beam_size=1, max_length=12, no_repeat_ngram_size=2),
+        GenerationConfig(beam_size=4, max_length=10, min_length=6),
+        GenerationConfig(beam_size=3, max_length=9, coverage_penalty=0.5, length_penalty=0.5),
+    ]
+    configs = [settings[i % 3] for i in range(len(texts))]
+    for explain in (False, True):
+        decoded = run_joining(bundle, texts, configs, explain)
+        for i, text in enumerate(texts):
+            [want] = summarize_texts(bundle, [text], configs[i], explain=explain)
+            assert decoded[i].tokens == want.token_ids, (i, explain)
+            if explain:
+                length = len(want.source_ids)
+                torch.testing.assert_close(decoded[i].attention[:, :length], want.attention)
+
+
+def test_a_cancelled_example_leaves_the_others_untouched(tiny_bundle):
+    bundle = load_bundle(tiny_bundle)
+    texts = [" ".join(["Police said the storm hit the coast."] * n) for n in (3, 5, 2, 8)]
+    configs = [GenerationConfig(beam_size=2, max_length=10)] * len(texts)
+    decoded = run_joining(bundle, texts, configs, cancel=1)
+    assert sorted(decoded) == [0, 2, 3]
+    for i in (0, 2, 3):
+        [want] = summarize_texts(bundle, [texts[i]], configs[i])
+        assert decoded[i].tokens == want.token_ids
