@@ -96,7 +96,7 @@ def test_page_summarizes_and_draws_heatmap_and_memory(browser, live_server: str,
     assert "remembered" in memory_tokens.last.get_attribute("title")
     assert page.inner_text("#memory").strip() == ARTICLE
     texts = page.eval_on_selector_all("#memory span[data-t]", "spans => spans.map(s => s.textContent)")
-    assert [text for text in texts if text.strip()][0] == "T"  # cased, as written
+    assert next(text for text in texts if text.strip()) == "T"  # cased, as written
     # the page's icon is served (no 404 for it, nor for /favicon.ico)
     icon = page.evaluate("fetch(document.querySelector('link[rel=icon]').href).then(r => r.status)")
     assert icon == 200 and page.evaluate("fetch('/favicon.ico').then(r => r.status)") == 200
