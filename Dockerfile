@@ -1,7 +1,14 @@
 # gatesum REST service: `gatesum serve` on port 8000, with the bundled model when it exists.
 #
-#   docker build -t gatesum .                      CPU PyTorch (the default)
-#   docker run -p 8000:8000 gatesum                then http://localhost:8000/
+#   docker build -t gatesum .                                  CPU PyTorch (the default)
+#   docker run -p 8000:8000 -e GATESUM_API_KEYS=me=$(openssl rand -hex 24) gatesum
+#                                                              then http://localhost:8000/
+#
+# The image listens on all interfaces (GATESUM_HOST=0.0.0.0), so it refuses to start without
+# API keys: give GATESUM_API_KEYS (name=key,...) or GATESUM_API_KEYS_FILE (a mounted file, one
+# name=key or name=sha256:<hex> per line), or say GATESUM_ALLOW_ANONYMOUS=true when something in
+# front already authenticates. /healthz, /readyz and the page stay open; /v1/* and /metrics need
+# "Authorization: Bearer <key>". GATESUM_RATE_LIMIT_PER_S / _BURST limit each key.
 #
 # GPU serving: a CUDA base with apt and the matching PyTorch wheel index, e.g.
 #   docker build --build-arg BASE=nvidia/cuda:12.8.1-cudnn-runtime-ubuntu24.04 \
@@ -44,10 +51,10 @@ RUN if ls /tmp/build/torch-*.whl >/dev/null 2>&1; then \
                   --extra-index-url https://pypi.org/simple "torch==${TORCH_VERSION}"; \
     fi
 
-# the package's dependencies (cached until pyproject.toml changes), then the package itself
-RUN python -c "import tomllib; print('\n'.join(tomllib.load(open('/tmp/build/pyproject.toml', 'rb'))['project']['dependencies']))" \
-      > /tmp/build/requirements.txt \
- && pip install -r /tmp/build/requirements.txt
+# the package's dependencies at the lock's exact, hashed versions (cached until the lock
+# changes; made for this base's Python 3.11), then the package itself without resolving more
+COPY requirements/runtime.txt /tmp/build/requirements.txt
+RUN pip install --require-hashes -r /tmp/build/requirements.txt
 # the package's folders, mapped into the one import package ``gatesum`` by pyproject.toml; the
 # bundled model is package data of gatesum.pretrained (owned by root, readable by the service user)
 COPY gatesum /src/gatesum
@@ -65,7 +72,8 @@ RUN cp /tmp/build/pyproject.toml /src/ \
 
 USER gatesum
 WORKDIR /app
-ENV GATESUM_PORT=8000
+ENV GATESUM_HOST=0.0.0.0 \
+    GATESUM_PORT=8000
 EXPOSE 8000
 # Healthy = ready to summarize: the check probes /readyz, not /healthz. The port opens at once
 # and /readyz answers 503 ("loading") while the model loads, which the start period covers; a
@@ -74,4 +82,4 @@ EXPOSE 8000
 # process stays up so that /readyz can say why; see service/settings.py).
 HEALTHCHECK --interval=10s --timeout=3s --start-period=60s --retries=3 \
   CMD ["python", "-c", "import os, urllib.request; urllib.request.urlopen('http://127.0.0.1:%s/readyz' % os.environ['GATESUM_PORT'], timeout=2)"]
-ENTRYPOINT ["gatesum", "serve", "--host", "0.0.0.0"]
+ENTRYPOINT ["gatesum", "serve"]

@@ -14,7 +14,6 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.openapi.docs import get_swagger_ui_html
 from fastapi.openapi.utils import get_openapi
 from fastapi.responses import HTMLResponse
-from fastapi.routing import APIRoute
 from fastapi.staticfiles import StaticFiles
 from starlette.exceptions import HTTPException
 
@@ -72,11 +71,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.add_exception_handler(HTTPException, http_error)
     app.add_exception_handler(Exception, internal_error)
     # middleware, innermost first: each request meets them in the reverse order
-    json_routes = {
-        route.path for route in app.routes if isinstance(route, APIRoute) and "POST" in route.methods
-    }
-    app.add_middleware(RequestLimitsMiddleware, max_bytes=settings.max_body_bytes,
-                       body_timeout_s=settings.body_timeout_s, json_routes=json_routes)  # fmt: skip
+    app.add_middleware(
+        RequestLimitsMiddleware,
+        max_bytes=settings.max_body_bytes,
+        body_timeout_s=settings.body_timeout_s,
+        json_routes=lambda: json_routes(app),
+    )
     keys = load_keys(settings)
     rate = settings.rate_limit_per_s
     buckets = TokenBuckets(rate, settings.rate_limit_burst) if rate else None
@@ -88,6 +88,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     if keys:
         app.openapi = lambda: bearer_openapi(app)
     return app
+
+
+def json_routes(app: FastAPI) -> set[str]:
+    """The paths whose POST takes a JSON body, as the OpenAPI schema states them (every router's)."""
+    paths = app.openapi()["paths"]
+    return {path for path, operations in paths.items() if "requestBody" in operations.get("post", {})}
 
 
 def bearer_openapi(app: FastAPI) -> dict[str, Any]:

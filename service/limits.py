@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+from collections.abc import Callable
 
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -55,11 +56,14 @@ def media_type_error(headers: dict[bytes, bytes]) -> str | None:
 
 
 class RequestLimitsMiddleware:
-    """``json_routes``: the paths whose POST reads a JSON body (others answer 404/405 as they do)."""
+    """``json_routes``: the paths whose POST reads a JSON body (others answer 404/405 as they do),
+    asked for at the first request, once every route exists."""
 
-    def __init__(self, app: ASGIApp, max_bytes: int, body_timeout_s: float, json_routes: set[str]) -> None:
+    def __init__(self, app: ASGIApp, max_bytes: int, body_timeout_s: float,
+                 json_routes: Callable[[], set[str]]) -> None:  # fmt: skip
         self.app, self.max_bytes, self.body_timeout_s = app, max_bytes, body_timeout_s
-        self.json_routes = json_routes
+        self.find_json_routes = json_routes
+        self.json_routes: set[str] | None = None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -67,6 +71,8 @@ class RequestLimitsMiddleware:
             return
         headers = dict(scope["headers"])
         declared = headers.get(b"content-length")
+        if self.json_routes is None:
+            self.json_routes = self.find_json_routes()
         if scope["method"] == "POST" and scope["path"] in self.json_routes:
             problem = media_type_error(headers)
             if problem:

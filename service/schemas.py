@@ -10,7 +10,7 @@ import sys
 import unicodedata
 from typing import Annotated, Any
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, create_model, model_validator
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, create_model
 
 from gatesum.model.search import GENERATION_SETTINGS
 from gatesum.service.settings import get_settings
@@ -36,6 +36,26 @@ CONTROL_CHARACTERS = str.maketrans(
 )
 
 
+def _readable_pattern() -> str:
+    """A JSON Schema pattern that a text matches when it holds a character that is neither
+    whitespace nor removed above: what ``clean_text`` requires, stated in the OpenAPI schema.
+    BMP characters as ``\\uXXXX`` (ECMA and Python regexes both read them), others literally."""
+    codes = sorted(CONTROL_CHARACTERS)
+    ranges, start = [], codes[0]
+    for previous, code in zip(codes, [*codes[1:], None]):
+        if code != previous + 1:
+            ranges.append((start, previous))
+            start = code
+
+    def char(code: int) -> str:
+        return f"\\u{code:04x}" if code < 0x10000 else chr(code)
+
+    return "[^\\s" + "".join(char(a) if a == b else f"{char(a)}-{char(b)}" for a, b in ranges) + "]"
+
+
+READABLE = _readable_pattern()
+
+
 def clean_text(text: str) -> str:
     """``text`` without control and format characters; 422 when nothing readable is left."""
     if not text.strip():
@@ -53,44 +73,47 @@ Text = Annotated[
         max_length=_limits.max_text_chars,
         description="raw text; control and invisible format characters are removed, and something "
         "readable must be left",
+        json_schema_extra={"pattern": READABLE},
     ),
     AfterValidator(clean_text),
 ]
 
 
+def _whole_number(value: Any) -> Any:
+    """4.0 -> 4: JSON Schema's "integer" is any number without a fraction, so the schema allows
+    it; ``true``, ``"4"`` and 4.5 still reach the strict check and are refused."""
+    return int(value) if isinstance(value, float) and value.is_integer() else value
+
+
 def _generation_fields() -> dict[str, Any]:
     """One optional request field per ``GenerationConfig`` setting, with its bounds and help.
     Strict: ``true`` or ``"4"`` is not a beam size."""
-    return {
-        setting.name: (
-            setting.kind | None,
-            Field(None, strict=True, ge=setting.minimum, le=setting.maximum, description=setting.help),
-        )
-        for setting in GENERATION_SETTINGS
-    }
+    fields = {}
+    for setting in GENERATION_SETTINGS:
+        bounded = Annotated[setting.kind, Field(strict=True, ge=setting.minimum, le=setting.maximum)]
+        if setting.kind is int:  # the bounds first, so that OpenAPI shows them as minimum/maximum
+            bounded = Annotated[bounded, BeforeValidator(_whole_number)]
+        fields[setting.name] = (bounded | None, Field(None, description=setting.help))
+    return fields
 
 
 # what every request says of its search settings (OpenAPI: each request's description)
 GENERATION_RULES = (
     "Search settings are optional: one left out takes the service's default. "
-    "When both are given, min_length must not exceed max_length."
+    "A min_length above max_length is lowered to max_length (as GenerationConfig does with the "
+    "source's length), so no pair of lengths is refused."
 )
+# Why lowered, not refused: JSON Schema cannot compare two fields, so a refusal would be a rule
+# the OpenAPI schema does not state (schemathesis's positive_data_acceptance check finds it).
 
 
-class _LengthsOrdered(BaseModel):
+class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
-
-    @model_validator(mode="after")
-    def _lengths_ordered(self) -> _LengthsOrdered:
-        min_length, max_length = getattr(self, "min_length", None), getattr(self, "max_length", None)
-        if min_length is not None and max_length is not None and min_length > max_length:
-            raise ValueError("min_length must not exceed max_length")
-        return self
 
 
 # the search settings of a request: GenerationConfig's fields, each optional
 GenerationOptions = create_model(
-    "GenerationOptions", __base__=_LengthsOrdered, __doc__=GENERATION_RULES, **_generation_fields()
+    "GenerationOptions", __base__=_Strict, __doc__=GENERATION_RULES, **_generation_fields()
 )
 
 
