@@ -120,8 +120,11 @@ class RunningBatch:
         log_probs = decoder.log_probs(output, encoded.source)  # (R, V)
         order = torch.arange(R, device=self.device)  # which row's state each row continues
         for group in self.groups.values():
-            attention = output.attention[group.slots] if output.attention is not None else None
-            rows = group.search.advance(log_probs[group.slots], attention)
+            every_row = len(self.groups) == 1 and torch.equal(group.slots, order)  # no copies then
+            attention = output.attention
+            if attention is not None and group.search.reads_attention:
+                attention = attention if every_row else attention[group.slots]
+            rows = group.search.advance(log_probs if every_row else log_probs[group.slots], attention)
             order[group.slots] = group.slots[rows]
         self.state = state.index_select(order) if any(key[0].beam_size > 1 for key in self.groups) else state
         return self._retire()

@@ -126,21 +126,29 @@ def length_penalty(lengths: Tensor, alpha: float) -> Tensor:
     return ((5.0 + lengths.float()) / 6.0) ** alpha
 
 
-def banned_ngram_tokens(tokens: Tensor, n: int, vocab_size: int, pad: int | None = None) -> Tensor:
-    """(N, t) generated so far -> (N, V) bool: tokens that would repeat an n-gram. With ``pad``,
-    n-grams that contain it are not counted (the PAD left of a row younger than t, see ``Search``)."""
-    N, t = tokens.shape
-    banned = torch.zeros(N, vocab_size, dtype=torch.bool, device=tokens.device)
+def repeated_ngrams(tokens: Tensor, n: int, pad: int | None = None) -> tuple[Tensor, Tensor]:
+    """(N, t) generated so far -> (rows, next tokens): the pairs that would repeat an n-gram of
+    their row. With ``pad``, n-grams that contain it do not count (the PAD left of a row younger
+    than t, see ``Search``)."""
+    t = tokens.shape[1]
     if n <= 0 or t < n:
-        return banned
+        nothing = tokens.new_zeros(0)
+        return nothing, nothing
     windows = tokens.unfold(1, n, 1)  # (N, t − n + 1, n): every n-gram so far
     last = tokens[:, t - n + 1 :].unsqueeze(1)  # (N, 1, n − 1): the prefix about to be extended
     matches = (windows[:, :, :-1] == last).all(-1)  # (N, t − n + 1)
     if pad is not None:
         matches &= (windows != pad).all(-1)
-    counts = torch.zeros(N, vocab_size, device=tokens.device)
-    counts.scatter_add_(1, windows[:, :, -1], matches.float())  # add, not set: indices repeat
-    return counts > 0
+    rows, starts = matches.nonzero(as_tuple=True)
+    return rows, windows[rows, starts, -1]
+
+
+def banned_ngram_tokens(tokens: Tensor, n: int, vocab_size: int, pad: int | None = None) -> Tensor:
+    """(N, t) generated so far -> (N, V) bool: tokens that would repeat an n-gram."""
+    banned = torch.zeros(tokens.shape[0], vocab_size, dtype=torch.bool, device=tokens.device)
+    rows, next_tokens = repeated_ngrams(tokens, n, pad)
+    banned[rows, next_tokens] = True
+    return banned
 
 
 @dataclass
@@ -183,12 +191,15 @@ def constrain(
     log_probs = log_probs.index_fill(1, torch.tensor(never, device=log_probs.device), NEG_INF)
     log_probs[:, eos] = log_probs[:, eos].masked_fill(generated < limits.min_tokens, NEG_INF)
     if config.no_repeat_ngram_size > 0:
-        banned = banned_ngram_tokens(tokens, config.no_repeat_ngram_size, log_probs.shape[1], pad)
-        log_probs = log_probs.masked_fill(banned, NEG_INF)
+        rows, next_tokens = repeated_ngrams(tokens, config.no_repeat_ngram_size, pad)
+        log_probs[rows, next_tokens] = NEG_INF  # log_probs is index_fill's copy already
     # A row that has as many tokens as its source may only end: a summary is never longer.
+    at_most = generated >= limits.max_tokens  # (N,)
+    if not at_most.any():  # most steps: no (N, V) pass for it
+        return log_probs
     eos_only = torch.full_like(log_probs, NEG_INF)
     eos_only[:, eos] = eos_log_prob
-    return torch.where((generated >= limits.max_tokens).unsqueeze(1), eos_only, log_probs)
+    return torch.where(at_most.unsqueeze(1), eos_only, log_probs)
 
 
 def _strip(row: list[int], eos: int, pad: int) -> list[int]:
@@ -241,6 +252,11 @@ class Search:
     @property
     def examples(self) -> int:
         return self.steps.shape[0]
+
+    @property
+    def reads_attention(self) -> bool:
+        """Whether ``advance`` uses the attention (β or explain); else it may be None."""
+        return self.return_attention or (self.K > 1 and self.config.coverage_penalty > 0)
 
     @property
     def rows(self) -> int:
@@ -297,10 +313,10 @@ class Search:
         E, V = self.examples, log_probs.shape[1]
         N = E * K
         finished = self.finished
-        # A finished hypothesis continues only with PAD, at no cost.
-        pad_only = torch.full_like(log_probs[:1], NEG_INF)
-        pad_only[0, self.pad] = 0.0
-        log_probs = torch.where(finished.view(N, 1), pad_only, log_probs)
+        if finished.any():  # a finished hypothesis continues only with PAD, at no cost
+            pad_only = torch.full_like(log_probs[:1], NEG_INF)
+            pad_only[0, self.pad] = 0.0
+            log_probs = torch.where(finished.view(N, 1), pad_only, log_probs)
         candidates = self.scores.view(N, 1) + log_probs  # (N, V)
         candidate_lengths = (self.lengths + (~finished).long()).view(N, 1)  # (N, 1)
         ranked = candidates / length_penalty(candidate_lengths, config.length_penalty)
