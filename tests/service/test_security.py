@@ -223,6 +223,7 @@ def test_a_client_that_hangs_up_is_counted_as_499_not_400(live) -> None:
 # --- configuration errors: one line, exit 2 ----------------------------------------------------
 
 
+@pytest.mark.slow  # each starts python and imports torch
 @pytest.mark.parametrize(
     ("env", "flags", "error"),
     [
