@@ -6,16 +6,10 @@ import pytest
 import torch
 
 from gatesum.cli import main
-from gatesum.experiments.memory import (
-    QUICK,
-    MemoryConfig,
-    markdown_report,
-    plot_trace,
-    recall_batch,
-    sweep_points,
-    synthetic_filler,
-    train_point,
-)
+from gatesum.experiments.memory import QUICK, sweep_points
+from gatesum.experiments.memory_report import markdown_report, plot_trace
+from gatesum.experiments.recall import MemoryConfig, recall_batch, synthetic_filler, train_point
+from gatesum.model.recall import CELL_NAMES, load_recall_models, recall_curve
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -37,7 +31,7 @@ def test_tiny_sweep_end_to_end(tmp_path, workers):
         "--quick",
         "--synthetic",
         "--cells",
-        "rnn,gru,lstm",
+        "rnn,gru,lstm,lstm-peephole",
         "--lags",
         "5,12",
         "--default-init-lags",
@@ -58,12 +52,12 @@ def test_tiny_sweep_end_to_end(tmp_path, workers):
     assert main(argv) == 0
     payload = json.loads((tmp_path / "memory.json").read_text())
     runs = payload["results"]
-    # rnn: 2 lags × 2 seeds; gru, lstm: chrono at 2 lags + default at L = 12, × 2 seeds
-    assert len(runs) == 4 + 2 * (2 + 1) * 2
+    # rnn: 2 lags × 2 seeds; gated cells: chrono at 2 lags + default at L = 12, × 2 seeds
+    assert len(runs) == 4 + 3 * (2 + 1) * 2
     pairs = {(r["cell"], r["init"]) for r in runs}
     assert pairs == {
         ("rnn", "default"),
-        *((cell, init) for cell in ("gru", "lstm") for init in ("chrono", "default")),
+        *((cell, init) for cell in ("gru", "lstm", "lstm-peephole") for init in ("chrono", "default")),
     }
     for record in runs:
         assert 1 <= record["steps"] <= 15
@@ -72,6 +66,9 @@ def test_tiny_sweep_end_to_end(tmp_path, workers):
         assert record["solved"] == (record["stopped_by"] == "solved")
     report = (tmp_path / "memory.md").read_text()
     assert "| lstm, chrono init |" in report and "| rnn (no gates) |" in report
+    assert "| lstm-peephole, chrono init |" in report
+    assert f"Made by `gatesum memory --workers {workers} --quick" in report
+    assert payload["command"].startswith("gatesum memory --workers")
     assert "L = 5 | L = 12" in report
     assert (tmp_path / "memory.png").read_bytes().startswith(PNG_MAGIC)
 
@@ -104,7 +101,8 @@ def test_recall_batch_places_the_key_only_at_the_start():
 def test_quick_sweep_reaches_a_thousand_tokens_and_compares_inits():
     points = sweep_points(QUICK)
     assert max(lag for _, _, lag, _ in points) >= 1000
-    for cell in ("gru", "lstm"):
+    assert {cell for cell, _, _, _ in points} == set(CELL_NAMES)  # the peephole LSTM is a row
+    for cell in ("gru", "lstm", "lstm-peephole"):
         assert {init for c, init, _, _ in points if c == cell} == {"chrono", "default"}
     assert {init for c, init, _, _ in points if c == "rnn"} == {"default"}
 
@@ -144,3 +142,24 @@ def test_trace_of_a_missing_document_is_a_one_line_error(tiny_bundle, tmp_path, 
     assert main(argv) == 2
     error = capsys.readouterr().err
     assert "missing.txt" in error and "Traceback" not in error
+
+
+def test_ship_trains_writes_and_loads_one_model_per_cell(tmp_path):
+    output, report = tmp_path / "models", tmp_path / "results" / "memory-ship"
+    argv = ["memory", "ship", "--synthetic", "--output", str(output), "--report", str(report),
+            "--train-length", "12", "--max-steps", "3", "--eval-lags", "1,5,30", "--eval-size", "16",
+            "--hidden-size", "8", "--batch-size", "4", "--workers", "1", "--device", "cpu"]  # fmt: skip
+    assert main(argv) == 0
+    models = load_recall_models(output)
+    assert list(models) == list(CELL_NAMES)
+    for name, loaded in models.items():
+        assert loaded.card["training"]["steps"] == 3
+        assert set(loaded.card["recall"]) == {"1", "5", "30"}  # scored past the training length
+        curve = recall_curve(loaded.model, [3, 1, 4, 1, 5], key=2)
+        assert curve.shape == (5,), name
+    card = (output / "README.md").read_text()
+    assert "`gatesum memory ship --synthetic" in card and "| lstm-peephole |" in card
+    payload = json.loads(report.with_suffix(".json").read_text())
+    assert payload["command"].startswith("gatesum memory ship") and len(payload["models"]) == 4
+    assert "| rnn |" in report.with_suffix(".md").read_text()
+    assert report.with_suffix(".png").read_bytes().startswith(PNG_MAGIC)
