@@ -43,8 +43,10 @@ namespace {
 using at::Tensor;
 
 // Compiled with -ffast-math, GCC turns these into glibc's vector exp (libmvec) in the
-// `omp simd` loops below.
-inline float sigmoid(float x) { return 1.f / (1.f + std::exp(-x)); }
+// `omp simd` loops below. -ffast-math also assumes no infinities, so exp must never overflow:
+// its argument is capped at 80 (e^80 ~ 5.5e34 < FLT_MAX), which changes σ by less than 1e-34.
+// Uncapped, tanh_(C) = 2σ(2C) − 1 gave NaN once |C_t| passed ~44.
+inline float sigmoid(float x) { return 1.f / (1.f + std::exp(std::min(-x, 80.f))); }
 inline float tanh_(float x) { return 2.f * sigmoid(2.f * x) - 1.f; }
 
 // Row b of a (B, K) tensor.

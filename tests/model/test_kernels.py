@@ -151,3 +151,27 @@ def test_a_stale_build_lock_is_removed_and_a_fresh_one_kept(tmp_path, caplog):
         kernels._remove_stale_lock(tmp_path)
     assert not lock.exists() and "stale build lock" in caplog.text
     kernels._remove_stale_lock(tmp_path / "absent")  # nothing there: nothing to do
+
+
+@needs_kernels
+@pytest.mark.parametrize("D", [1, 2], ids=["uni", "bi"])
+def test_a_memory_cell_far_past_44_stays_finite(monkeypatch, D):
+    """Input and forget gates open, candidate −1: C_t = −t. The compiled loops once gave NaN from
+    |C| ≈ 44 (exp overflowing under -ffast-math); they must give what the torch-ops loops give."""
+    T, B, H = 120, 3, 8
+    x = torch.zeros(D, T, B, 1)
+    weight_ih, weight_hh = torch.zeros(D, 4 * H, 1), torch.zeros(D, 4 * H, H)
+    bias = torch.cat([torch.full((H,), 30.0), torch.full((H,), 30.0), torch.full((H,), 30.0),
+                      torch.full((H,), -30.0)]).repeat(D, 1)  # fmt: skip
+    h0 = c0 = torch.zeros(D, B, H)
+    inputs = (x, weight_ih, weight_hh, bias, h0, c0)
+    with torch.no_grad():
+        hs, cs = lstm_recurrence(*inputs)
+        inferred = lstm_inference(*inputs, lengths=None)
+    assert torch.isfinite(hs).all() and torch.isfinite(cs).all()
+    torch.testing.assert_close(cs[:, -1], torch.full((D, B, H), -float(T)))
+    assert inferred is not None and torch.isfinite(inferred[0]).all()
+    monkeypatch.setenv("GATESUM_KERNELS", "off")
+    with torch.no_grad():
+        want_hs, _ = lstm_recurrence(*inputs)
+    torch.testing.assert_close(hs, want_hs, atol=1e-5, rtol=1e-5)
