@@ -113,7 +113,9 @@ class _server:
         self.command = [sys.executable, "-m", "gatesum", "serve", "--port", str(self.port),
                         "--model", str(args.model), "--max-batch-size", str(max_batch_size),
                         "--max-wait-ms", str(args.max_wait_ms), "--max-queue", "100000",
-                        "--torch-threads", str(args.torch_threads), "--log-level", "warning"]  # fmt: skip
+                        "--log-level", "warning"]  # fmt: skip
+        if args.torch_threads:  # else GATESUM_TORCH_THREADS, or torch's default
+            self.command += ["--torch-threads", str(args.torch_threads)]
 
     def __enter__(self) -> _server:
         self.process = subprocess.Popen(self.command)

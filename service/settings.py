@@ -85,7 +85,7 @@ class Settings(GenerationSettings):
         100_000, ge=1, description="characters tokenized per decoder step on the model thread (≥ 1 text)"
     )
     encode_tokens: int = Field(
-        2048, ge=1, description="source tokens encoded per decoder step (≥ 1 text), so steps keep coming"
+        1024, ge=1, description="source tokens encoded per decoder step (≥ 1 text), so steps keep coming"
     )
 
     # The generation defaults (beam_size, max_length, ...) are fields of GenerationSettings above.

@@ -43,6 +43,8 @@ LOADING = "loading"  # the reason /readyz gives while the model loads
 # The HTTP request being served: the ReadyService dependency records it, so that ``summarize``
 # can tell who asks (the client's share) and notice a client that hangs up.
 HTTP_REQUEST: ContextVar[Request | None] = ContextVar("gatesum_http_request", default=None)
+WIDE_SOURCE = 128  # source tokens: longer texts decode in a running batch of their own
+WIDE_EVERY = 2  # iterations per step of the long texts' batch while short texts run
 
 
 @dataclass(frozen=True)
@@ -169,18 +171,24 @@ class ModelService:
 
 class ServiceEngine:
     """The model side of the continuous batcher (service/batching.py ``Engine``): tokenizing,
-    the running batch of model/running.py and the summaries; runs on the scheduler thread."""
+    the running batches of model/running.py and the summaries; runs on the scheduler thread.
+
+    Texts of more than ``WIDE_SOURCE`` tokens decode in a running batch of their own, so that
+    the attention of short texts does not read the long ones' padding; while short texts run,
+    the long ones step every ``WIDE_EVERY``-th iteration (weighted round robin), so that a short
+    request's steps stay about one narrow step long beside the longest requests."""
 
     def __init__(self, bundle: Bundle, settings: Settings) -> None:
         self.bundle = bundle
-        self.batch = RunningBatch(bundle.model)
+        self.batches = (RunningBatch(bundle.model), RunningBatch(bundle.model))  # narrow, wide
+        self.iterations = 0
         self.source_limit = source_max_tokens(bundle)
         self.gates: dict[Example, dict | None] = {}  # explain: each text's top forward encoder gates
         self.cost = calibrate(bundle, settings)
 
     @property
     def rows(self) -> int:
-        return self.batch.rows
+        return sum(batch.rows for batch in self.batches)
 
     def prepare(self, example: Example) -> int:
         [ids], [input_tokens] = encode_sources(self.bundle, [example.text])
@@ -189,14 +197,23 @@ class ServiceEngine:
 
     def admit(self, examples: list[Example]) -> None:
         key: BatchKey = examples[0].request.key
-        sources = [example.prepared[0] for example in examples]
-        gates = self.batch.admit(sources, key.generation, examples, key.explain)
-        for position, example in enumerate(examples):
-            self.gates[example] = top_forward_gates(gates, self.bundle, position, len(sources[position]))
+        for wide in (False, True):
+            chosen = [example for example in examples if (len(example.prepared[0]) > WIDE_SOURCE) == wide]
+            if not chosen:
+                continue
+            sources = [example.prepared[0] for example in chosen]
+            gates = self.batches[wide].admit(sources, key.generation, chosen, key.explain)
+            for position, example in enumerate(chosen):
+                self.gates[example] = top_forward_gates(gates, self.bundle, position, len(sources[position]))
 
     def step(self) -> list[tuple[Example, Summary, int]]:
+        narrow, wide = self.batches
+        self.iterations += 1
+        stepped = [narrow.step()]
+        if not narrow.rows or self.iterations % WIDE_EVERY == 0:
+            stepped.append(wide.step())
         finished = []
-        for decoded in self.batch.step():
+        for decoded in (item for items in stepped for item in items):
             example: Example = decoded.handle
             ids, input_tokens = example.prepared
             summary = build_summary(self.bundle, example.text, ids, input_tokens, decoded.tokens,
@@ -206,7 +223,8 @@ class ServiceEngine:
         return finished
 
     def cancel(self, examples: list[Example]) -> None:
-        self.batch.cancel(set(examples))
+        for batch in self.batches:
+            batch.cancel(set(examples))
         for example in examples:
             self.gates.pop(example, None)
 
