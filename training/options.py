@@ -109,7 +109,9 @@ RENAMED = {"coverage_weight": "coverage_loss_weight"}
 # optimizer's kind decides the layout of its saved state; init_from decides the model settings.
 RESUME_FIXED = (
     "model",
-    "tokenizer",
+    "tokenizer.vocab_size",
+    "tokenizer.model_type",
+    "tokenizer.sample_size",
     "data.dataset",
     "data.dataset_config",
     "data.data_files",
@@ -132,6 +134,9 @@ RESUME_FIXED = (
 # The learning rate and weight decay replace the saved optimizer's; the schedule (warmup, decay)
 # is recomputed from the resumed step on.
 RESUME_MAY_CHANGE = (
+    # where the tokenizer file is read from: its content is checked by fingerprint on resume
+    # (another copy of the same tokenizer is fine; another tokenizer is refused)
+    "tokenizer.path",
     "data.cache_dir",
     "train.device",
     "train.threads",

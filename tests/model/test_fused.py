@@ -79,7 +79,9 @@ def test_inference_equals_training_forward():
     want, _ = layer(x, lengths)
     with torch.inference_mode():
         got, _ = layer(x, lengths)
-    torch.testing.assert_close(got, want, atol=0, rtol=0)
+    # Two compiled loops (one thread team over hidden-unit slices; one pass per direction) whose
+    # vector and scalar exp calls may split the units differently: equal up to float rounding.
+    torch.testing.assert_close(got, want, atol=1e-6, rtol=0)
 
 
 def test_peephole_and_gates_take_the_generic_path():
