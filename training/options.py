@@ -52,6 +52,12 @@ class TrainConfig:
     max_minutes: float | None = option(
         None, "stop after this much training time (resumed runs count it all)", exclusive_minimum=0
     )
+    clock: str = option(
+        "wall",
+        "what max_minutes and elapsed_s count: wall (all time) or cpu (this process's CPU time in "
+        "training, validation and checkpoint saves excluded: equal budgets on a shared machine)",
+        choices=("wall", "cpu"),
+    )
     max_epochs: int = option(1000, "stop after this many passes over the training data", minimum=1)
     grad_clip: float = option(
         2.0, "clip the gradient norm: recurrent nets' gradients can explode", exclusive_minimum=0
@@ -69,6 +75,9 @@ class TrainConfig:
     patience: int = option(0, "stop after this many validations without improvement (0: never)", minimum=0)
     checkpoint_every: int = option(
         500, "steps between resumable checkpoints (also at each validation)", minimum=1
+    )
+    keep_checkpoints: int = option(
+        0, "also keep the weights of the last N validations in output_dir/checkpoints/step-N", minimum=0
     )
     validation_files: list[str] = option([], "validation pairs; default: a {split} pattern, else hold out")
     validation_size: int = option(
@@ -125,6 +134,7 @@ RESUME_FIXED = (
     "train.seed",
     "train.optimizer",
     "train.best_metric",
+    "train.clock",  # the elapsed time saved so far was counted on this clock
     "train.validation_files",
     "train.validation_size",
     "train.init_from",
@@ -155,6 +165,7 @@ RESUME_MAY_CHANGE = (
     "train.eval_rouge_samples",
     "train.patience",
     "train.checkpoint_every",
+    "train.keep_checkpoints",
     "train.coverage_from_step",
     "train.coverage_loss_weight",
     "train.tensorboard",

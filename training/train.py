@@ -16,6 +16,7 @@ import json
 import math
 import os
 import random
+import shutil
 import sys
 import time
 from contextlib import nullcontext
@@ -37,6 +38,7 @@ from gatesum.model.summarizer import Summarizer
 from gatesum.model.text import NormalizerConfig, normalize
 from gatesum.training import checkpoint
 from gatesum.training.checkpoint import TrainerState
+from gatesum.training.clock import TrainingClock
 from gatesum.training.data import TokenBatchSampler, collate, tokenize_pairs
 from gatesum.training.options import Options, describe_changes, load_options, resume_changes
 from gatesum.training.options import add_arguments as add_option_arguments
@@ -58,6 +60,7 @@ def run(args: argparse.Namespace) -> int:
 # --model settings that may differ from an --init-from bundle's: its weights do not fix them
 FINE_TUNABLE = ("dropout",)
 VALIDATION_BATCH_SIZE = 32  # documents decoded together for the validation ROUGE
+KEPT_DIR = "checkpoints"  # the last keep_checkpoints validations' weights, one bundle each
 
 
 def fine_tuning_config(
@@ -334,8 +337,8 @@ class Trainer:
         config = self.train_config
         metrics = self.output_dir / "metrics.jsonl"
         writer = self._tensorboard()
-        started = time.monotonic() - self.elapsed
-        session_start, session_first_step = time.monotonic(), self.step  # this run's pace, for time left
+        clock = TrainingClock(config.clock, self.elapsed)
+        session_start, session_first_step = clock.seconds(), self.step  # this run's pace, for time left
         tokens_seen, window_start, window_loss, window_steps = 0, time.monotonic(), 0.0, 0
         progress = tqdm(
             total=config.max_steps,
@@ -348,7 +351,7 @@ class Trainer:
         batches = self.batches()
         while True:
             # Check before drawing a batch: the saved data position must not count an untrained batch.
-            if self._should_stop(started):
+            if self._should_stop(clock):
                 stop_reason = (
                     "max_steps" if config.max_steps and self.step >= config.max_steps else "max_minutes"
                 )
@@ -363,7 +366,7 @@ class Trainer:
             tokens_seen += int(batch.source_lengths.sum()) + batch.num_tokens
             window_loss, window_steps = window_loss + loss, window_steps + 1
             if self.step % config.log_every == 0:
-                now = time.monotonic()
+                now, trained = time.monotonic(), clock.seconds()
                 record = {
                     "step": self.step,
                     "loss": window_loss / window_steps,
@@ -371,7 +374,7 @@ class Trainer:
                     "lr": self.scheduler.get_last_lr()[0],
                     "epoch": self.sampler.epoch,
                     "tokens_per_s": tokens_seen * self.world_size / (now - window_start),
-                    "elapsed_s": now - started,
+                    "elapsed_s": trained,
                 }
                 progress.set_postfix(
                     loss=f"{record['loss']:.3f}",
@@ -380,21 +383,22 @@ class Trainer:
                         self.step,
                         config.max_steps,
                         config.max_minutes,
-                        (now - started) / 60,
-                        (now - session_start) / 60 / (self.step - session_first_step),
+                        trained / 60,
+                        (trained - session_start) / 60 / (self.step - session_first_step),
                     ),
                 )
                 self._log(metrics, record, writer)
                 tokens_seen, window_start, window_loss, window_steps = 0, now, 0.0, 0
             if self.step % config.eval_every == 0:
-                if self._validate(metrics, writer, started):
+                if self._validate(metrics, writer, clock):
                     stop_reason = "early stopping"
                     break
             elif self.step % config.checkpoint_every == 0:
-                self._save_checkpoint(started)
+                with clock.excluded():
+                    self._save_checkpoint(clock.seconds())
         progress.close()
         if self.step % config.eval_every != 0:
-            self._validate(metrics, writer, started)
+            self._validate(metrics, writer, clock)
         if self.is_main:
             plot_curves(metrics, self.output_dir / "curves.png")
             print(
@@ -407,11 +411,11 @@ class Trainer:
         if self.distributed:
             dist.destroy_process_group()
 
-    def _should_stop(self, started: float) -> bool:
+    def _should_stop(self, clock: TrainingClock) -> bool:
         config = self.train_config
         if config.max_steps is not None and self.step >= config.max_steps:
             return True
-        over_time = config.max_minutes is not None and time.monotonic() - started >= 60 * config.max_minutes
+        over_time = config.max_minutes is not None and clock.seconds() >= 60 * config.max_minutes
         if self.distributed:  # every rank must stop at the same step
             flag = torch.tensor([float(over_time)], device=self.device)
             dist.all_reduce(flag, op=dist.ReduceOp.MAX)
@@ -445,13 +449,17 @@ class Trainer:
     # --- validation, checkpoints, logs -----------------------------------------------------------
 
     @torch.no_grad()
-    def _validate(self, metrics: Path, writer, started: float) -> bool:
+    def _validate(self, metrics: Path, writer, clock: TrainingClock) -> bool:
         """Validation loss and ROUGE; keeps the best bundle. Returns True to stop early."""
+        with clock.excluded():
+            return self._validate_now(metrics, writer, clock.seconds())
+
+    def _validate_now(self, metrics: Path, writer, trained: float) -> bool:
         config = self.train_config
         stop = False
         if self.is_main:
             self.model.eval()
-            record = {"step": self.step, **self.validation_scores(), "elapsed_s": time.monotonic() - started}
+            record = {"step": self.step, **self.validation_scores(), "elapsed_s": trained}
             self.model.train()
             score = record["val_loss"] if config.best_metric == "loss" else record[config.best_metric]
             better = self.best_score is None or (
@@ -470,7 +478,9 @@ class Trainer:
             else:
                 self.stale_validations += 1
             stop = config.patience > 0 and self.stale_validations >= config.patience
-        self._save_checkpoint(started)
+            if config.keep_checkpoints:
+                self._keep_checkpoint(record)
+        self._save_checkpoint(trained)
         if self.distributed:
             flag = torch.tensor([float(stop)], device=self.device)
             dist.broadcast(flag, 0)
@@ -535,8 +545,15 @@ class Trainer:
             extra_files=extra_files,
         )
 
-    def _save_checkpoint(self, started: float) -> None:
-        self.elapsed = time.monotonic() - started
+    def _keep_checkpoint(self, record: dict) -> None:
+        """The weights at this validation in checkpoints/step-NNNNNN; only the last keep_checkpoints stay."""
+        kept = self.output_dir / KEPT_DIR
+        self._save_bundle(kept / f"step-{self.step:06d}", record)
+        for old in sorted(kept.glob("step-*"))[: -self.train_config.keep_checkpoints]:
+            shutil.rmtree(old, ignore_errors=True)
+
+    def _save_checkpoint(self, trained: float) -> None:
+        self.elapsed = trained
         if self.is_main:
             state = self.state_dict().to_bytes()
             self._save_bundle(self.output_dir / "checkpoint", extra_files={checkpoint.STATE_FILE: state})

@@ -398,3 +398,36 @@ def test_resume_refuses_changed_settings_in_one_line_and_records_allowed_ones(tm
     assert learning_rates[4] == pytest.approx(0.02 * (1 / 5) ** 0.5)  # the new peak rate, applied
     options = load_bundle(output / "checkpoint").card["training"]["options"]
     assert options["train"]["learning_rate"] == 0.02 and options["tokenizer"]["vocab_size"] == 300
+
+
+def test_kept_checkpoints_hold_the_last_validations_and_the_cpu_clock_is_recorded(tmp_path, capsys):
+    data = write_pairs(tmp_path / "pairs.jsonl", 40)
+    output = tmp_path / "run"
+    arguments = train_arguments(
+        data, output, 8, "--eval-every", "2", "--keep-checkpoints", "2", "--clock", "cpu"
+    )
+    assert main(arguments) == 0
+    kept = sorted(path.name for path in (output / "checkpoints").iterdir())
+    assert kept == ["step-000006", "step-000008"]
+    assert load_bundle(output / "checkpoints" / "step-000008").card["metrics"]["validation"]["step"] == 8
+    elapsed = [record["elapsed_s"] for record in read_metrics(output) if "elapsed_s" in record]
+    assert elapsed == sorted(elapsed) and elapsed[-1] > 0
+    resumed_on_the_wall = train_arguments(
+        data, output, 10, "--eval-every", "2", "--keep-checkpoints", "2", "--resume"
+    )
+    assert main(resumed_on_the_wall) != 0  # the saved elapsed time was counted on the cpu clock
+    assert "train.clock cpu → wall" in capsys.readouterr().err
+
+
+def test_the_cpu_clock_leaves_out_excluded_work():
+    from gatesum.training.clock import TrainingClock
+
+    clock = TrainingClock("cpu", elapsed=100.0)
+    assert 100.0 <= clock.seconds() < 101.0
+    with clock.excluded():
+        sum(i * i for i in range(2_000_000))  # CPU work that is not training
+    assert clock.seconds() < 100.05
+    wall = TrainingClock("wall")
+    with wall.excluded():
+        time.sleep(0.05)
+    assert wall.seconds() >= 0.05  # the wall clock counts everything
