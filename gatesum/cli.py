@@ -18,6 +18,7 @@ from gatesum.model.errors import GatesumError
 COMMANDS: dict[str, str] = {
     "train": "train a summarizer (config file + flags), resumable",
     "eval": "ROUGE of a model beside Lead-3, by source length",
+    "tune": "decoding settings as a grid on validation documents",
     "summarize": "summarize JSON Lines or plain text documents",
     "serve": "start the REST service and web page",
     "memory": "the long-document memory experiment and traces",
@@ -33,6 +34,8 @@ def _module(command: str) -> ModuleType:
         from gatesum.training import train as module
     elif command == "eval":
         from gatesum.training import evaluate as module
+    elif command == "tune":
+        from gatesum.training import tune as module
     elif command == "summarize":
         from gatesum.training import summarize as module
     elif command == "serve":
