@@ -18,6 +18,10 @@ BENCHMARKS = {
         "gatesum.benchmarks.train",
         "full training steps: the input-feeding decoder against the parallel one, additive and bilinear",
     ),
+    "decode": (
+        "gatesum.benchmarks.decode",
+        "documents/s of bundles side by side on the same articles (beam search, 400-token sources)",
+    ),
     "serve": (
         "gatesum.benchmarks.serve",
         "the REST service under concurrent load, micro-batching on and off",

@@ -15,7 +15,7 @@ ALLOWED = {
     "training": {"model", "training"},
     "service": {"model", "service"},
     "experiments": {"model", "training", "experiments"},
-    "benchmarks": {"model", "service", "benchmarks"},
+    "benchmarks": {"model", "service", "training", "benchmarks"},  # training: data loading (bench decode)
 }
 
 
