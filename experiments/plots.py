@@ -1,4 +1,5 @@
-"""Plots of the experiments: ``gatesum memory compare``'s ROUGE by source length."""
+"""Plots of the experiments: ROUGE by source length (``gatesum memory compare``), training curves
+at equal time (``gatesum compare``)."""
 
 from __future__ import annotations
 
@@ -35,6 +36,29 @@ def plot_compare(runs: list[dict], png_path: Path) -> None:
     gap_axis.set(xlabel="source length (words)", ylabel="ROUGE-Lsum − Lead-3",
                  title="Against Lead-3 on the same documents")  # fmt: skip
     score_axis.legend(fontsize=8)
+    figure.tight_layout()
+    figure.savefig(png_path, dpi=110)
+    plt.close(figure)
+
+
+def plot_equal_time(runs: list[dict], png_path: Path) -> None:
+    """``gatesum compare``'s runs against training minutes: validation NLL (left) and the greedy
+    ROUGE-Lsum of the validation sample the trainer scores (right), one line per run."""
+    figure, (loss_axis, rouge_axis) = plt.subplots(1, 2, figsize=(12, 4.4))
+    for run in runs:
+        curve = run["validation_curve"]
+        minutes = [point["minutes"] for point in curve]
+        label = f"{run['name']} ({run['decoder']})"
+        loss_axis.plot(minutes, [point["val_loss"] for point in curve], "o-", ms=3, label=label)
+        rouge_axis.plot(
+            minutes, [point["rougeLsum_greedy_sample"] for point in curve], "o-", ms=3, label=label
+        )
+    clock = runs[0]["clock"] if runs else "wall"
+    loss_axis.set(xlabel=f"training minutes ({clock} clock)", ylabel="validation NLL per token",
+                  title="Validation loss at equal training time")  # fmt: skip
+    rouge_axis.set(xlabel=f"training minutes ({clock} clock)", ylabel="ROUGE-Lsum F1 ×100",
+                   title="Greedy ROUGE-Lsum on the validation sample")  # fmt: skip
+    loss_axis.legend(fontsize=8)
     figure.tight_layout()
     figure.savefig(png_path, dpi=110)
     plt.close(figure)

@@ -21,6 +21,7 @@ COMMANDS: dict[str, str] = {
     "tune": "decoding settings as a grid on validation documents",
     "summarize": "summarize JSON Lines or plain text documents",
     "serve": "start the REST service and web page",
+    "compare": "training runs given equal CPU time, judged by beam ROUGE on validation",
     "memory": "the long-document memory experiment and traces",
     "export": "copy a trained bundle into a shippable one (float16 weights)",
     "select": "the content selector: gatesum select train (resumable)",
@@ -40,6 +41,8 @@ def _module(command: str) -> ModuleType:
         from gatesum.training import summarize as module
     elif command == "serve":
         from gatesum.service import server as module
+    elif command == "compare":
+        from gatesum.experiments import equal_time as module
     elif command == "memory":
         from gatesum.experiments import memory as module
     elif command == "export":
