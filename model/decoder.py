@@ -44,6 +44,7 @@ from gatesum.model.cells import CELLS
 from gatesum.model.config import ModelConfig
 from gatesum.model.encoder import EncoderOutput
 from gatesum.model.recurrent import Recurrent
+from gatesum.model.vocabulary import target_log_probs
 
 PROBABILITY_FLOOR = 1e-12  # clamp before the log: p_gen reaching 0 or 1 must not give -inf
 
@@ -231,6 +232,16 @@ class Decoder(nn.Module):
         if self.config.tie_embeddings:
             return F.linear(self.to_embedding(attentional), self.embedding.weight, self.output_bias)
         return self.output(attentional)
+
+    def target_log_probs(self, attentional: Tensor, target: Tensor) -> Tensor:
+        """~s_t (B, T, H), target (B, T) -> log P_vocab(target) (B, T): what training reads of
+        ``logits``, without writing the (B, T, V) distribution (``model/vocabulary.py``)."""
+        attentional = self.dropout(attentional)
+        if self.config.tie_embeddings:
+            hidden, weight, bias = self.to_embedding(attentional), self.embedding.weight, self.output_bias
+        else:
+            hidden, weight, bias = attentional, self.output.weight, self.output.bias
+        return target_log_probs(hidden, weight, bias, target)
 
     def log_probs(self, output: DecoderOutput, source: Tensor) -> Tensor:
         """The full next-token distribution as log-probabilities: (B, V) for one step, (B, T, V)

@@ -1,4 +1,5 @@
-"""Our compiled LSTM loops (``csrc/lstm.cpp``), forward and backward.
+"""Our compiled kernels: the LSTM loops (``csrc/lstm.cpp``), forward and backward, and the
+target's vocabulary log-probability (``csrc/vocabulary.cpp``), one library.
 
 ``lstm_ops()`` builds it the first time it is asked for on a machine (about 10 s with
 g++ and ninja; torch caches the library under ``$TORCH_EXTENSIONS_DIR`` or
@@ -26,7 +27,7 @@ import torch
 
 log = logging.getLogger(__name__)
 
-SOURCE = Path(__file__).with_name("csrc") / "lstm.cpp"
+SOURCES = [Path(__file__).with_name("csrc") / name for name in ("lstm.cpp", "vocabulary.cpp")]
 STALE_LOCK_S = 300.0  # a build takes ~12 s; a lock this old was left by a killed build
 _FLAGS = {
     "AVX512": ["-mavx512f", "-mavx512dq", "-mavx512vl", "-mavx2", "-mfma"],
@@ -57,7 +58,7 @@ def _build() -> Any | None:
         os.environ["PATH"] = os.path.dirname(ninja) + os.pathsep + os.environ.get("PATH", "")
     capability = torch.backends.cpu.get_cpu_capability()
     flags = _FLAGS.get(capability, [])
-    name = f"gatesum_lstm_{capability.lower()}"
+    name = f"gatesum_kernels_{capability.lower()}"  # not the name of the build before vocabulary.cpp
     try:
         from torch.utils import cpp_extension
 
@@ -66,7 +67,7 @@ def _build() -> Any | None:
         )
         cpp_extension.load(
             name=name,
-            sources=[str(SOURCE)],
+            sources=[str(source) for source in SOURCES],
             # -ffast-math lets GCC call glibc's vector exp in the loops (linked from libmvec);
             # -fopenmp makes at::parallel_for use torch's OpenMP threads (its libgomp, already loaded)
             extra_cflags=["-O3", "-ffast-math", "-fopenmp", *flags],
@@ -103,5 +104,6 @@ def _first_error(error: Exception) -> str:
 
 
 def lstm_ops() -> Any | None:
-    """``torch.ops.gatesum`` with ``lstm_forward`` and ``lstm_backward``, or None."""
+    """``torch.ops.gatesum`` (``lstm_forward``, ``lstm_backward``, ``lstm_inference``,
+    ``vocabulary_log_prob`` and its backward), or None."""
     return _build() if kernels_enabled() else None

@@ -12,13 +12,13 @@ once when the config has no input feeding; inference (``generate``) steps one to
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from gatesum.model.config import ModelConfig
+from gatesum.model.copy_mask import copy_masked
 from gatesum.model.decoder import PROBABILITY_FLOOR, Decoder, DecoderState
 from gatesum.model.encoder import Bridge, Encoder
 from gatesum.model.search import GenerationConfig, SearchResult, beam_search, greedy_search
@@ -58,15 +58,15 @@ class Summarizer(nn.Module):
         track_coverage = weight > 0 or self.decoder.coverage_in_use()
         state = self.decoder.initial_state(encoded, self.bridge(encoded), track_coverage)
         decoded = self.decoder(target_input, state, encoded, self.decoder.keys(encoded))  # (B, T, ...)
-        logits = self.decoder.logits(decoded.attentional).float()  # (B, T, V)
+        log_vocab = self.decoder.target_log_probs(decoded.attentional, target_output).float()  # (B, T)
         target_mask = target_output != self.config.pad_id  # (B, T)
         tokens = target_mask.sum().clamp_min(1)
         attention_t = decoded.attention.float() if decoded.attention is not None else None  # (B, T, S)
         copy_gate_t = decoded.copy_gate.float() if decoded.copy_gate is not None else None  # (B, T, 1)
         if copy_gate_t is not None:
-            nll = self._copy_nll(logits, copy_gate_t, attention_t, source, target_output)
+            nll = self._copy_nll(log_vocab, copy_gate_t, attention_t, source, target_output)
         else:
-            nll = F.cross_entropy(logits.transpose(1, 2), target_output, reduction="none")  # (B, T)
+            nll = -log_vocab  # (B, T)
         nll = torch.where(target_mask, nll, 0.0).sum() / tokens  # selection: padding never reaches the loss
         loss, stats = nll, {"nll": nll.item(), "tokens": int(tokens)}
         if decoded.coverage is not None and weight > 0:
@@ -81,13 +81,14 @@ class Summarizer(nn.Module):
 
     @staticmethod
     def _copy_nll(
-        logits: Tensor, copy_gate: Tensor, attention: Tensor, source: Tensor, target: Tensor
+        log_vocab: Tensor, copy_gate: Tensor, attention: Tensor, source: Tensor, target: Tensor
     ) -> Tensor:
         """−log P(y_t) under the pointer-generator mixture, without building (B, T, V) mixtures.
 
-        P(y) = p_gen · P_vocab(y) + (1 − p_gen) · Σ_{i: x_i = y} a_i, clamped before the log.
+        P(y) = p_gen · P_vocab(y) + (1 − p_gen) · Σ_{i: x_i = y} a_i, clamped before the log;
+        log_vocab (B, T) = log P_vocab(y_t), copy_gate (B, T, 1), attention (B, T, S).
         """
-        vocab_probability = torch.log_softmax(logits, -1).gather(2, target.unsqueeze(-1)).squeeze(-1).exp()
+        vocab_probability = log_vocab.exp()  # (B, T)
         same_token = source.unsqueeze(1) == target.unsqueeze(2)  # (B, T, S)
         copy_probability = (attention * same_token).sum(-1)  # (B, T)
         p_gen = copy_gate.squeeze(-1)
@@ -102,11 +103,17 @@ class Summarizer(nn.Module):
         config: GenerationConfig | None = None,
         return_attention: bool = False,
         return_gates: bool = False,
+        copy_source: Tensor | None = None,
     ) -> Generation:
-        """Summaries of a batch of sources (B, S): token ids without BOS/EOS, best first."""
+        """Summaries of a batch of sources (B, S): token ids without BOS/EOS, best first.
+        ``copy_source`` (B, S): the bottom-up copy mask, ids with PAD where copying is not
+        allowed (model/copy_mask.py); None: copy from every source token."""
         config = config or GenerationConfig()
         encoded = self.encoder(source, source_lengths, return_gates=return_gates)
         gates = encoded.gates
+        masked = copy_source is not None and self.config.copy
+        if masked:
+            encoded = replace(encoded, source=copy_source)  # only the copy term reads it
         B, K = source.shape[0], config.beam_size
         if K > 1:
             encoded = encoded.index_select(torch.arange(B, device=source.device).repeat_interleave(K))
@@ -115,7 +122,8 @@ class Summarizer(nn.Module):
 
         def step(tokens: Tensor, state: DecoderState):
             output, state = self.decoder.step(tokens, state, encoded, keys)
-            return self.decoder.log_probs(output, encoded.source), output.attention, state
+            copied = copy_masked(output, encoded, self.config.pad_id) if masked else output
+            return self.decoder.log_probs(copied, encoded.source), output.attention, state
 
         ids = {"bos": self.config.bos_id, "eos": self.config.eos_id, "pad": self.config.pad_id}
         if K == 1:

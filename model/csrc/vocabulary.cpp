@@ -1,0 +1,132 @@
+// The target's log-probability under the vocabulary softmax, and its gradient, in C++.
+//
+// model/vocabulary.py holds the same computation in torch ops and uses this file when it can
+// be compiled (model/kernels.py builds it with lstm.cpp into one library). Training needs only
+// log softmax(z)_y for the target y of each row, not the whole (N, V) distribution: here each
+// row of logits is read twice while it sits in cache (its maximum, then the sum of exponentials)
+// and nothing of size (N, V) is written. Backward overwrites the saved logits with their
+// gradient in one pass, and sums the columns for the bias on the way.
+//
+// Equations, for a row z = x W^T + b (V,) with target y and incoming gradient g = dL/d log p_y:
+//   lse = m + log Σ_v exp(z_v − m),  m = max_v z_v;    log p_y = z_y − lse
+//   dL/dz_v = g (δ_vy − exp(z_v − lse))
+// The logits arrive as x W^T, without the bias b (V,): it is added on the fly in both passes,
+// which saves addmm's copy of b into every row of a fresh (N, V) tensor before the matmul.
+//
+// Shapes: N rows (B·T target positions), V vocabulary entries. float32 on the CPU, contiguous.
+
+#include <ATen/ATen.h>
+#include <ATen/Parallel.h>
+#include <torch/library.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <limits>
+#include <optional>
+#include <tuple>
+#include <vector>
+
+namespace {
+
+using at::Tensor;
+
+void check_rows(const Tensor& logits, const std::optional<Tensor>& bias, const Tensor& target) {
+  TORCH_CHECK(logits.device().is_cpu() && logits.scalar_type() == at::kFloat && logits.dim() == 2 &&
+                  logits.is_contiguous(),
+              "logits: contiguous (N, V) CPU float32");
+  TORCH_CHECK(target.dim() == 1 && target.size(0) == logits.size(0) && target.scalar_type() == at::kLong &&
+                  target.is_contiguous(),
+              "target: (N,) int64");
+  TORCH_CHECK(!bias || (bias->is_contiguous() && bias->numel() == logits.size(1) && bias->scalar_type() == at::kFloat),
+              "bias: (V,) float32");
+  if (target.numel() > 0) {  // checked here: an exception must not leave the threads of the loops below
+    const int64_t low = target.min().item<int64_t>(), high = target.max().item<int64_t>();
+    TORCH_CHECK(low >= 0 && high < logits.size(1), "target ids outside the vocabulary: ", low, "..", high);
+  }
+}
+
+// The bias (V,), or zeros: the loops below then need no branch.
+Tensor bias_or_zeros(const Tensor& logits, const std::optional<Tensor>& bias) {
+  return bias ? *bias : at::zeros({logits.size(1)}, logits.options());
+}
+
+// logits x W^T (N, V), bias (V,) or absent, target (N,) -> log p_target (N,) and lse (N,).
+std::tuple<Tensor, Tensor> vocabulary_log_prob(const Tensor& logits, const std::optional<Tensor>& bias,
+                                               const Tensor& target) {
+  check_rows(logits, bias, target);
+  const Tensor b_tensor = bias_or_zeros(logits, bias);
+  const float* b = b_tensor.data_ptr<float>();
+  const int64_t N = logits.size(0), V = logits.size(1);
+  Tensor log_prob = at::empty({N}, logits.options()), lse = at::empty({N}, logits.options());
+  const float* z_data = logits.data_ptr<float>();
+  const int64_t* y_data = target.data_ptr<int64_t>();
+  float *out = log_prob.data_ptr<float>(), *lse_out = lse.data_ptr<float>();
+  at::parallel_for(0, N, 16, [&](int64_t begin, int64_t end) {
+    for (int64_t n = begin; n < end; ++n) {
+      const float* __restrict z = z_data + n * V;
+      const int64_t y = y_data[n];
+      float m = -std::numeric_limits<float>::max();
+#pragma omp simd reduction(max : m)
+      for (int64_t v = 0; v < V; ++v) m = z[v] + b[v] > m ? z[v] + b[v] : m;  // std::max: not vectorized
+      float sum = 0.f;
+#pragma omp simd reduction(+ : sum)
+      for (int64_t v = 0; v < V; ++v) sum += std::exp(z[v] + b[v] - m);
+      lse_out[n] = m + std::log(sum);
+      out[n] = z[y] + b[y] - lse_out[n];
+    }
+  });
+  return {log_prob, lse};
+}
+
+// In place: logits x W^T (N, V) become dL/dz = g (δ_vy − exp(z − lse)), z = x W^T + b, for bias
+// (V,) or absent, lse, target, grad (N,).
+// Returns the column sums (V,), the bias gradient. Each thread sums its own rows into a row of
+// a (threads, V) buffer; the rows are added at the end.
+Tensor vocabulary_log_prob_backward(const Tensor& logits, const std::optional<Tensor>& bias, const Tensor& lse,
+                                    const Tensor& target, const Tensor& grad) {
+  check_rows(logits, bias, target);
+  const Tensor b_tensor = bias_or_zeros(logits, bias);
+  const float* b = b_tensor.data_ptr<float>();
+  const int64_t N = logits.size(0), V = logits.size(1);
+  TORCH_CHECK(lse.is_contiguous() && grad.is_contiguous() && lse.numel() == N && grad.numel() == N &&
+                  lse.scalar_type() == at::kFloat && grad.scalar_type() == at::kFloat,
+              "lse, grad: (N,) float32");
+  Tensor partial = at::zeros({at::get_num_threads(), V}, logits.options());
+  float* z_data = logits.data_ptr<float>();
+  const float *lse_data = lse.data_ptr<float>(), *g_data = grad.data_ptr<float>();
+  const int64_t* y_data = target.data_ptr<int64_t>();
+  float* partial_data = partial.data_ptr<float>();
+  at::parallel_for(0, N, 16, [&](int64_t begin, int64_t end) {
+    float* __restrict column_sum = partial_data + at::get_thread_num() * V;
+    for (int64_t n = begin; n < end; ++n) {
+      float* __restrict z = z_data + n * V;
+      const float g = g_data[n], shift = lse_data[n];
+      if (g == 0.f) {  // a padded position: its whole row of the gradient is 0
+        std::fill_n(z, V, 0.f);
+        continue;
+      }
+#pragma omp simd
+      for (int64_t v = 0; v < V; ++v) {
+        z[v] = -g * std::exp(z[v] + b[v] - shift);
+        column_sum[v] += z[v];
+      }
+      z[y_data[n]] += g;
+      column_sum[y_data[n]] += g;
+    }
+  });
+  return partial.size(0) == 1 ? partial[0] : partial.sum(0);
+}
+
+}  // namespace
+
+TORCH_LIBRARY_FRAGMENT(gatesum, m) {
+  m.def("vocabulary_log_prob(Tensor logits, Tensor? bias, Tensor target) -> (Tensor, Tensor)");
+  m.def("vocabulary_log_prob_backward(Tensor(a!) logits, Tensor? bias, Tensor lse, Tensor target, Tensor grad) "
+        "-> Tensor");
+}
+
+TORCH_LIBRARY_IMPL(gatesum, CPU, m) {
+  m.impl("vocabulary_log_prob", &vocabulary_log_prob);
+  m.impl("vocabulary_log_prob_backward", &vocabulary_log_prob_backward);
+}
