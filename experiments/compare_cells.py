@@ -2,7 +2,7 @@
 
 Trains summarizers that differ only in the encoder cell (rnn, gru, lstm), each with attention
 on and with attention off, with the same time budget, then scores each on the same test
-documents with ROUGE broken down by source length (≤400, 400–800, >800 words), written to
+documents with ROUGE broken down by source length (``training.evaluate.BUCKETS``), written to
 ``compare.json``, ``compare.md`` and ``compare.png`` in the output directory:
 
     gatesum memory compare --config configs/cnndm-small.toml --budget-minutes 30 \

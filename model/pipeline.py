@@ -1,21 +1,24 @@
 """From raw text to a readable summary with a loaded bundle: the one inference path.
 
-    text ─► normalize ─► tokenize ─► truncate to the source limit ─► Summarizer.generate
+    text ─► read (model/reading.py: normalize, sentences, tokenize; whole, selected by the
+            content selector, or truncated to the window) ─► Summarizer.generate
          ─► decode ids ─► detokenize ─► summary
+    mode "extractive": text ─► read ─► the selector's best sentences ─► detokenize ─► summary
 
 A summary is never longer than its source: each batch is decoded with its sources' token
 counts as per-row caps (``GenerationConfig.for_sources``), so a five-token input gets at most
 five summary tokens whatever ``max_length`` and ``min_length`` ask.
 
 The command line (``gatesum summarize``, ``gatesum eval``) and the REST service all call
-``summarize_texts``, so a summary is the same whichever door it came through; training's
+``summarize_texts`` (the service through ``read_documents`` and ``build_summary``, around its
+running batch), so a summary is the same whichever door it came through; training's
 validation, which holds token ids already, calls ``summarize_ids``, the same search below it.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, fields, replace
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -33,28 +36,39 @@ from gatesum.model.bundle import (
 from gatesum.model.devices import resolve_device
 from gatesum.model.errors import GatesumError
 from gatesum.model.memory import gate_retention, memory_trace
+from gatesum.model.reading import (
+    DEFAULT_MODE,
+    MODES,
+    Reading,
+    SentenceUse,
+    copy_sources,
+    read_documents,
+    source_max_tokens,
+)
 from gatesum.model.search import GenerationConfig
+from gatesum.model.selector import token_probabilities
 from gatesum.model.summarizer import Generation, Summarizer
 from gatesum.model.text import detokenize, normalize, source_casing
 
-DEFAULT_SOURCE_MAX_TOKENS = 400
+__all__ = ["MODES", "Pipeline", "SentenceUse", "Summary", "load", "source_max_tokens", "summarize_texts"]
 
 
 @dataclass
 class Summary:
     summary: str  # readable: detokenized, sentence-initial capitals
     normalized: str  # in the model's own text style (what ROUGE compares with normalized references)
-    input_tokens: int  # source length in tokens before truncation
-    truncated: bool  # the source was longer than the model reads
-    token_ids: list[int]
+    input_tokens: int  # source length in tokens, the whole document
+    truncated: bool  # read == "truncated": the model read only the first window of tokens
+    token_ids: list[int]  # the summary's ids (extractive: empty)
+    read: str = "whole"  # how the source was read: "whole" | "selected" | "truncated"
+    mode: str = DEFAULT_MODE  # "abstractive" | "extractive"
+    sentences: list[SentenceUse] = field(default_factory=list)  # the sentences used, document order
+    sentence_count: int = 0  # sentences in the document
     attention: Tensor | None = None  # (summary tokens + EOS, source tokens), on request
     source_ids: list[int] | None = None  # the ids the model read, on request
     encoder_gates: dict[str, Tensor] | None = None  # top layer, forward direction: name -> (S, H)
     memory_trace: list[float] | None = None  # per source token: how much survives to the end
-
-
-def source_max_tokens(bundle: Bundle) -> int:
-    return int(bundle.card.get("data", {}).get("source_max_tokens", DEFAULT_SOURCE_MAX_TOKENS))
+    selection: list[float] | None = None  # per source token read: the selector's P(copied), on request
 
 
 def encode_sources(bundle: Bundle, texts: list[str]) -> tuple[list[list[int]], list[int]]:
@@ -71,47 +85,82 @@ def summarize_texts(
     generation: GenerationConfig | None = None,
     batch_size: int = 16,
     explain: bool = False,
+    mode: str = DEFAULT_MODE,
 ) -> list[Summary]:
-    """Summaries of ``texts`` in order. Sources are sorted by length into batches so that a
-    batch pads little; ``explain`` adds attention, source ids and encoder gates."""
+    """Summaries of ``texts`` in order, each read whole, selected or truncated (``read_documents``).
+    Sources are sorted by length into batches so that a batch pads little; ``explain`` adds
+    attention, source ids, encoder gates and the selector's scores. GatesumError for a mode or
+    copy mask the bundle cannot serve (no selector)."""
     generation = generation or GenerationConfig()
-    sources, lengths = encode_sources(bundle, texts)
+    readings = read_documents(bundle, texts, mode, generation.copy_mask_threshold,
+                              generation.extract_sentences, batch_size)  # fmt: skip
+    if mode == "extractive":
+        return [extractive(bundle, text, reading, explain) for text, reading in zip(texts, readings)]
+    sources = [reading.source_ids for reading in readings]
+    masked = copy_sources(readings, generation.copy_mask_threshold, bundle.model.config.pad_id)
     results: list[Summary | None] = [None] * len(texts)
     for chunk in batches_by_length(sources, batch_size):
         rows = [sources[i] for i in chunk]
-        output = generate_batch(bundle.model, rows, generation, explain)
+        copy_rows = [masked[i] for i in chunk] if masked else None
+        output = generate_batch(bundle.model, rows, generation, explain, copy_rows)
         for position, index in enumerate(chunk):
             attention = output.attention[position] if explain and output.attention is not None else None
             gates = top_forward_gates(output.encoder_gates, bundle, position, len(rows[position]))
-            results[index] = build_summary(bundle, texts[index], rows[position], lengths[index],
-                                           output.tokens[position], explain, attention, gates)  # fmt: skip
+            results[index] = build_summary(bundle, texts[index], readings[index], output.tokens[position],
+                                           explain, attention, gates)  # fmt: skip
     return results
 
 
 def build_summary(
     bundle: Bundle,
     text: str,
-    source_ids: list[int],
-    input_tokens: int,
+    reading: Reading,
     token_ids: list[int],
     explain: bool = False,
     attention: Tensor | None = None,
     gates: dict[str, Tensor] | None = None,
 ) -> Summary:
-    """The ``Summary`` of one decoded text: readable, with names cased as in ``text``; with
-    ``explain``, its attention (t + 1, S) cut to the source, the source ids, the top forward
-    encoder ``gates`` (name -> (S, H)) and the memory trace."""
+    """The ``Summary`` of one decoded text: readable, with names cased as in ``text``, saying how
+    the source was read; with ``explain``, its attention (t + 1, S) cut to the source, the
+    source ids, the top forward encoder ``gates`` (name -> (S, H)), the memory trace and the
+    selector's scores of the tokens read."""
     normalized = bundle.tokenizer.decode(token_ids)
     readable = detokenize(normalized, source_casing(text))  # names cased as in the source
-    limit = source_max_tokens(bundle)
-    summary = Summary(readable, normalized, input_tokens, input_tokens > limit, token_ids)
+    source_ids = reading.source_ids
+    summary = Summary(readable, normalized, reading.input_tokens, reading.read == "truncated", token_ids,
+                      reading.read, "abstractive", reading.sentences, reading.sentence_count)  # fmt: skip
     if explain:
         if attention is not None:
             summary.attention = attention[:, : len(source_ids)]
         summary.source_ids = source_ids
         summary.encoder_gates = gates
         summary.memory_trace = source_memory_trace(bundle, source_ids, gates)
+        summary.selection = selection_scores(bundle, reading)
     return summary
+
+
+def extractive(bundle: Bundle, text: str, reading: Reading, explain: bool = False) -> Summary:
+    """The ``Summary`` of an extractive reading: its sentences, readable; normalized one per line
+    (what ROUGE-Lsum splits on). With ``explain``, the document's ids and their selector scores."""
+    sentences = reading.extract or []
+    readable = detokenize(" ".join(sentences), source_casing(text))
+    summary = Summary(readable, "\n".join(sentences), reading.input_tokens, False, [], reading.read,
+                      "extractive", reading.sentences, reading.sentence_count)  # fmt: skip
+    if explain:
+        summary.source_ids = reading.source_ids
+        summary.selection = selection_scores(bundle, reading)
+    return summary
+
+
+def selection_scores(bundle: Bundle, reading: Reading) -> list[float] | None:
+    """The selector's P(copied) of each token the reading's source holds; None without a selector.
+    Scored over the whole document when the reading has them, else over the tokens read alone."""
+    if bundle.selector is None:
+        return None
+    probabilities = reading.source_probabilities
+    if probabilities is None:
+        probabilities = token_probabilities(bundle.selector, reading.source_ids)
+    return probabilities.tolist()
 
 
 @torch.no_grad()
@@ -135,17 +184,27 @@ def batches_by_length(sources: Sequence[Sequence[int]], batch_size: int) -> list
 
 
 def generate_batch(
-    model: Summarizer, rows: Sequence[Sequence[int]], generation: GenerationConfig, explain: bool = False
+    model: Summarizer,
+    rows: Sequence[Sequence[int]],
+    generation: GenerationConfig,
+    explain: bool = False,
+    copy_rows: Sequence[Sequence[int]] | None = None,
 ) -> Generation:
     """One ``Summarizer.generate`` call on ``rows`` padded with the model's PAD id, each summary
-    capped at its own source's length (``GenerationConfig.for_sources``)."""
+    capped at its own source's length (``GenerationConfig.for_sources``); ``copy_rows``: the
+    same rows with PAD where the copy mask forbids copying (``reading.copy_sources``)."""
     device = next(model.parameters()).device
     width = max(map(len, rows))
     pad = model.config.pad_id
-    source = torch.tensor([[*row, *[pad] * (width - len(row))] for row in rows], device=device)  # (B, S)
+
+    def padded(table: Sequence[Sequence[int]]) -> Tensor:
+        return torch.tensor([[*row, *[pad] * (width - len(row))] for row in table], device=device)  # (B, S)
+
     source_lengths = torch.tensor([len(row) for row in rows], device=device)  # (B,)
     capped = generation.for_sources([len(row) for row in rows])
-    return model.generate(source, source_lengths, capped, return_attention=explain, return_gates=explain)
+    copy_source = padded(copy_rows) if copy_rows is not None else None
+    return model.generate(padded(rows), source_lengths, capped, return_attention=explain,
+                          return_gates=explain, copy_source=copy_source)  # fmt: skip
 
 
 def source_memory_trace(
@@ -206,11 +265,14 @@ class Pipeline:
         texts: str | Sequence[str],
         generation: GenerationConfig | None = None,
         *,
+        mode: str = DEFAULT_MODE,
         batch_size: int = 16,
         **settings: Any,
     ) -> list[Summary]:
-        """Summaries of ``texts`` in order (one text: a list of one). ``settings`` are fields of
-        ``GenerationConfig`` (beam_size, max_length, ...) applied over ``generation``."""
+        """Summaries of ``texts`` in order (one text: a list of one). ``mode``: "abstractive" or
+        "extractive" (the selector's best sentences; needs a bundle with a selector).
+        ``settings`` are fields of ``GenerationConfig`` (beam_size, max_length, ...) applied over
+        ``generation``."""
         if isinstance(texts, str):
             texts = [texts]
         generation = generation or GenerationConfig()
@@ -218,7 +280,7 @@ class Pipeline:
         if unknown := sorted(set(settings) - names):
             raise TypeError(f"unknown generation settings {unknown}; choose from {sorted(names)}")
         return summarize_texts(
-            self.bundle, list(texts), replace(generation, **settings), batch_size=batch_size
+            self.bundle, list(texts), replace(generation, **settings), batch_size=batch_size, mode=mode
         )
 
     def __repr__(self) -> str:

@@ -27,6 +27,7 @@ from dataclasses import dataclass, field, replace
 import torch
 from torch import Tensor
 
+from gatesum.model.copy_mask import copy_masked
 from gatesum.model.decoder import DecoderState
 from gatesum.model.encoder import EncoderOutput
 from gatesum.model.search import GenerationConfig, Search, fit_width
@@ -78,10 +79,13 @@ class RunningBatch:
         generation: GenerationConfig,
         handles: Sequence[Hashable],
         explain: bool = False,
+        copy_sources: Sequence[Sequence[int]] | None = None,
     ) -> list | None:
         """Encode ``sources`` (token ids, already truncated) and add them to the batch, one
         example per source, named by ``handles``; with ``explain``, their attention is kept and
-        the encoder's gates (per layer·direction, name -> (B, S, H)) are returned."""
+        the encoder's gates (per layer·direction, name -> (B, S, H)) are returned.
+        ``copy_sources``: the bottom-up copy mask, the same ids with PAD where copying is not
+        allowed (model/copy_mask.py), kept in the source table that only the copy term reads."""
         model, K = self.model, generation.beam_size
         pad = model.config.pad_id
         width = max(map(len, sources))
@@ -89,6 +93,9 @@ class RunningBatch:
         lengths = torch.tensor([len(row) for row in sources], device=self.device)  # (B,)
         encoded = model.encoder(source, lengths, return_gates=explain)
         gates = encoded.gates
+        if copy_sources is not None:
+            masked = [[*row, *[pad] * (width - len(row))] for row in copy_sources]
+            encoded = replace(encoded, source=torch.tensor(masked, device=self.device))  # (B, S)
         if K > 1:
             encoded = encoded.index_select(
                 torch.arange(len(sources), device=self.device).repeat_interleave(K)
@@ -117,7 +124,10 @@ class RunningBatch:
             last[group.slots] = group.search.last
         encoded = EncoderOutput(self.memory[:R], self.mask[:R], self.source[:R], None, None)
         output, state = decoder.step(last, self.state, encoded, self.keys[:R])
-        log_probs = decoder.log_probs(output, encoded.source)  # (R, V)
+        copied = output
+        if any(key[0].copy_mask_threshold > 0 for key in self.groups):  # rows without a mask: unchanged
+            copied = copy_masked(output, encoded, self.model.config.pad_id)
+        log_probs = decoder.log_probs(copied, encoded.source)  # (R, V)
         order = torch.arange(R, device=self.device)  # which row's state each row continues
         for group in self.groups.values():
             every_row = len(self.groups) == 1 and torch.equal(group.slots, order)  # no copies then

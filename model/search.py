@@ -67,6 +67,16 @@ class GenerationConfig:
         "β, beam search only: a finished beam loses β × the attention its source tokens received "
         "beyond 1 in all, so beams that re-read one passage rank lower (0: off)",
     )
+    copy_mask_threshold: float = _setting(
+        0.0,
+        0.0,
+        1.0,
+        "bottom-up copy mask (Gehrmann et al. 2018): copy only source tokens whose content-selector "
+        "probability is above this; needs a model with a selector (0: off)",
+    )
+    extract_sentences: int = _setting(
+        3, 1, 20, "extractive mode: the most sentences in a summary (best first, trigram-blocked)"
+    )
     # per example, in batch order: its source's token count, the most summary tokens it may get
     # (EOS not counted); None: no cap. Set per batch with ``for_sources``, never by a user.
     source_lengths: tuple[int, ...] | None = None

@@ -38,7 +38,7 @@ class NormalizerConfig:
 
 # --- character cleanup, applied before tokenizing -------------------------------------------------
 
-_CHARACTER_MAP = str.maketrans(
+CHARACTER_MAP = str.maketrans(
     {
         "\u201c": '"', "\u201d": '"', "\u201e": '"', "\u201f": '"', "\u2033": '"',
         "\u2018": "'", "\u2019": "'", "\u201b": "'", "\u2032": "'",
@@ -214,7 +214,7 @@ def normalize(text: str, config: NormalizerConfig | None = None) -> str:
     blank lines disappear; the other line breaks are kept. Idempotent.
     """
     config = config or NormalizerConfig()
-    text = unicodedata.normalize("NFC", text).translate(_CHARACTER_MAP)
+    text = unicodedata.normalize("NFC", text).translate(CHARACTER_MAP)
     if config.lowercase:
         text = text.lower()
     lines = []

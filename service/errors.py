@@ -50,6 +50,7 @@ SENTENCES = {
     "extra_forbidden": "{field} is not a known field.",
     "model_attributes_type": "{field} must be a JSON object.",
     "dict_type": "{field} must be a JSON object.",
+    "literal_error": "{field} must be {expected}.",
 }
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from dataclasses import asdict
 from pathlib import Path, PurePosixPath
 from typing import Any
 
@@ -100,7 +101,8 @@ async def summarize_batch(request: BatchRequest, service: ReadyService) -> Batch
 
 @router.post("/v1/explain", response_model=ExplainResponse, responses=ERRORS)
 async def explain(request: SummarizeRequest, service: ReadyService) -> ExplainResponse:
-    """Summarize one text, with cross-attention (summary × source tokens) and memory trace."""
+    """Summarize one text, with cross-attention (summary × source tokens), memory trace and the
+    content selector's scores."""
     started = time.perf_counter()
     [summary] = await _summarize(service, [request.text], request, explain=True)
     return ExplainResponse(
@@ -118,7 +120,7 @@ async def _summarize(service: ModelService, texts: list[str], request: Summarize
                      explain: bool = False) -> list[Summary]:  # fmt: skip
     """The model call through the batcher, its refusals as HTTP errors."""
     try:
-        return await service.summarize(texts, request, explain)
+        return await service.summarize(texts, request, explain, request.mode)
     except QueueFull as error:
         service.metrics.rejected.labels("queue_full").inc()
         retry = str(service.settings.retry_after_s)
@@ -156,6 +158,10 @@ def _response(summary: Summary, started: float, service: ModelService) -> Summar
         summary=summary.summary,
         input_tokens=summary.input_tokens,
         truncated=summary.truncated,
+        read=summary.read,
+        mode=summary.mode,
+        sentences=[asdict(use) for use in summary.sentences],
+        sentence_count=summary.sentence_count,
         elapsed_ms=round((time.perf_counter() - started) * 1000, 2),
         model=service.name,
     )

@@ -8,10 +8,11 @@ from __future__ import annotations
 
 import sys
 import unicodedata
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, create_model
 
+from gatesum.model.reading import DEFAULT_MODE, MODES
 from gatesum.model.search import GENERATION_SETTINGS
 from gatesum.service.settings import get_settings
 
@@ -117,8 +118,19 @@ GenerationOptions = create_model(
 )
 
 
+Mode = Literal[MODES]
+MODE_FIELD = Field(
+    DEFAULT_MODE,
+    description="abstractive: the model writes the summary (a long text is first cut to its best "
+    "sentences by the content selector, when the model has one); extractive: the selector's best "
+    "sentences themselves, up to extract_sentences (needs a model with a selector, else 422)",
+)
+ReadKind = Literal["whole", "selected", "truncated"]
+
+
 class SummarizeRequest(GenerationOptions):
     text: Text
+    mode: Mode = MODE_FIELD
 
     model_config = ConfigDict(
         extra="forbid",
@@ -131,6 +143,7 @@ class SummarizeRequest(GenerationOptions):
 
 class BatchRequest(GenerationOptions):
     texts: list[Text] = Field(min_length=1, max_length=_limits.max_batch_texts)
+    mode: Mode = MODE_FIELD
 
     model_config = ConfigDict(
         extra="forbid",
@@ -141,10 +154,26 @@ class BatchRequest(GenerationOptions):
     )
 
 
+class SentenceUsed(BaseModel):
+    index: int = Field(description="the sentence's position among the text's sentences")
+    start: int = Field(description="where it starts in the text: a character (code point) offset")
+    end: int = Field(description="where it ends (exclusive)")
+    score: float | None = Field(description="the content selector's score, when it read the text")
+
+
 class SummaryResponse(BaseModel):
     summary: str
-    input_tokens: int = Field(description="source length in tokens, before truncation")
-    truncated: bool = Field(description="the source was longer than the model reads")
+    input_tokens: int = Field(description="source length in tokens, the whole text")
+    truncated: bool = Field(description='read is "truncated": the model read only the first tokens')
+    read: ReadKind = Field(
+        description="how the text was read: whole; selected (longer than the model reads: the "
+        "content selector's best sentences, in order); truncated (longer, and no selector)"
+    )
+    mode: Mode = Field(description="abstractive or extractive")
+    sentences: list[SentenceUsed] = Field(
+        description="the sentences the summary was made from (extractive: the summary's), in order"
+    )
+    sentence_count: int = Field(description="sentences in the text")
     elapsed_ms: float = Field(description="time in the service, queueing included")
     model: str = Field(description="the model bundle's name")
 
@@ -156,6 +185,14 @@ class SummaryResponse(BaseModel):
                     "summary": "The city council voted to build a new bridge.",
                     "input_tokens": 41,
                     "truncated": False,
+                    "read": "whole",
+                    "mode": "abstractive",
+                    "sentences": [
+                        {"index": 0, "start": 0, "end": 74, "score": None},
+                        {"index": 1, "start": 75, "end": 146, "score": None},
+                        {"index": 2, "start": 147, "end": 209, "score": None},
+                    ],
+                    "sentence_count": 3,
                     "elapsed_ms": 85.2,
                     "model": "cnndm-lstm-small",
                 }
@@ -181,6 +218,10 @@ class ExplainResponse(SummaryResponse):
     memory: list[float] | None = Field(
         description="per source token: the share of what the encoder wrote there left at the end"
     )
+    selection: list[float] | None = Field(
+        description="per source token: the content selector's probability that a summary copies "
+        "it (read over the whole text); null when the model has no selector"
+    )
 
     model_config = ConfigDict(
         protected_namespaces=(),
@@ -190,12 +231,17 @@ class ExplainResponse(SummaryResponse):
                     "summary": "Council votes for bridge.",
                     "input_tokens": 4,
                     "truncated": False,
+                    "read": "whole",
+                    "mode": "abstractive",
+                    "sentences": [{"index": 0, "start": 0, "end": 22, "score": 0.61}],
+                    "sentence_count": 1,
                     "elapsed_ms": 40.5,
                     "model": "cnndm-lstm-small",
                     "source_tokens": ["▁the", "▁council", "▁voted", "▁yes"],
                     "summary_tokens": ["▁council", "▁votes", "</s>"],
                     "attention": [[0.1, 0.8, 0.05, 0.05], [0.0, 0.1, 0.8, 0.1], [0.2, 0.2, 0.2, 0.4]],
                     "memory": [0.12, 0.35, 0.71, 1.0],
+                    "selection": [0.2, 0.9, 0.8, 0.4],
                 }
             ]
         },

@@ -23,14 +23,8 @@ from fastapi import Depends, HTTPException, Request
 from gatesum.model.bundle import Bundle
 from gatesum.model.errors import GatesumError
 from gatesum.model.kernels import kernels_enabled, lstm_ops
-from gatesum.model.pipeline import (
-    Summary,
-    build_summary,
-    encode_sources,
-    load,
-    source_max_tokens,
-    top_forward_gates,
-)
+from gatesum.model.pipeline import Summary, build_summary, extractive, load, top_forward_gates
+from gatesum.model.reading import Reading, check_mode, copy_sources, read_documents, source_max_tokens
 from gatesum.model.running import RunningBatch
 from gatesum.model.search import GenerationConfig
 from gatesum.service.batching import CHARS_PER_TOKEN, ContinuousBatcher, Example, Refused, StepCost
@@ -53,6 +47,7 @@ class BatchKey:
 
     generation: GenerationConfig  # frozen, so hashable as it is
     explain: bool
+    mode: str = "abstractive"  # "extractive": no decoding, the selector's sentences
 
 
 class ModelService:
@@ -134,12 +129,17 @@ class ModelService:
         return replace(generation, min_length=min(generation.min_length, generation.max_length))
 
     async def summarize(
-        self, texts: list[str], options: GenerationOptions, explain: bool = False
+        self, texts: list[str], options: GenerationOptions, explain: bool = False, mode: str = "abstractive"
     ) -> list[Summary]:
-        """Summaries through the continuous batcher. Refused at once (HTTPException 429/503 +
+        """Summaries through the continuous batcher. Refused at once (HTTPException 422) when
+        the model cannot serve ``mode`` or the copy mask (no selector), or (429/503 +
         Retry-After) when the estimated cost does not fit; TimeoutError past the request timeout
         and a 499 when the client hangs up, both after stopping the work."""
-        key = BatchKey(self.generation(options), explain)
+        key = BatchKey(self.generation(options), explain, mode)
+        try:
+            check_mode(self.bundle, mode, key.generation.copy_mask_threshold)
+        except GatesumError as error:
+            raise HTTPException(422, f"{error}.") from None
         http = HTTP_REQUEST.get()
         try:
             job = self.batcher.submit(texts, key, client_identity(http))
@@ -184,47 +184,71 @@ class ServiceEngine:
         self.iterations = 0
         self.source_limit = source_max_tokens(bundle)
         self.gates: dict[Example, dict | None] = {}  # explain: each text's top forward encoder gates
+        self.extracted: list[Example] = []  # extractive summaries read, answered at the next step
         self.cost = calibrate(bundle, settings)
 
     @property
     def rows(self) -> int:
-        return sum(batch.rows for batch in self.batches)
+        """Decoder rows running, and the extractive summaries waiting to be answered."""
+        return sum(batch.rows for batch in self.batches) + len(self.extracted)
 
     def prepare(self, example: Example) -> int:
-        [ids], [input_tokens] = encode_sources(self.bundle, [example.text])
-        example.prepared = (ids, input_tokens)
-        return len(ids)
+        """Read the text (model/reading.py; the selector scores a long one whole): the source
+        tokens the decoder will read, 1 for an extractive summary (it decodes nothing)."""
+        key: BatchKey = example.request.key
+        generation = key.generation
+        [reading] = read_documents(self.bundle, [example.text], key.mode, generation.copy_mask_threshold,
+                                   generation.extract_sentences)  # fmt: skip
+        example.prepared = reading
+        return 1 if key.mode == "extractive" else len(reading.source_ids)
 
     def admit(self, examples: list[Example]) -> None:
         key: BatchKey = examples[0].request.key
+        if key.mode == "extractive":  # done once read: answered at the next step
+            self.extracted.extend(examples)
+            return
         for wide in (False, True):
-            chosen = [example for example in examples if (len(example.prepared[0]) > WIDE_SOURCE) == wide]
+            chosen = [
+                example for example in examples if (len(example.prepared.source_ids) > WIDE_SOURCE) == wide
+            ]
             if not chosen:
                 continue
-            sources = [example.prepared[0] for example in chosen]
-            gates = self.batches[wide].admit(sources, key.generation, chosen, key.explain)
+            readings: list[Reading] = [example.prepared for example in chosen]
+            sources = [reading.source_ids for reading in readings]
+            masked = copy_sources(
+                readings, key.generation.copy_mask_threshold, self.bundle.model.config.pad_id
+            )
+            gates = self.batches[wide].admit(sources, key.generation, chosen, key.explain, masked)
             for position, example in enumerate(chosen):
                 self.gates[example] = top_forward_gates(gates, self.bundle, position, len(sources[position]))
 
     def step(self) -> list[tuple[Example, Summary, int]]:
         narrow, wide = self.batches
         self.iterations += 1
+        finished = [self._extracted(example) for example in self.extracted]
+        self.extracted = []
         stepped = [narrow.step()]
         if not narrow.rows or self.iterations % WIDE_EVERY == 0:
             stepped.append(wide.step())
-        finished = []
         for decoded in (item for items in stepped for item in items):
             example: Example = decoded.handle
-            ids, input_tokens = example.prepared
-            summary = build_summary(self.bundle, example.text, ids, input_tokens, decoded.tokens,
+            summary = build_summary(self.bundle, example.text, example.prepared, decoded.tokens,
                                     example.request.key.explain, decoded.attention,
                                     self.gates.pop(example, None))  # fmt: skip
             finished.append((example, summary, len(decoded.tokens) + 1))
         return finished
 
+    def _extracted(self, example: Example) -> tuple[Example, Summary, int]:
+        """An extractive summary, counted as the steps the scheduler expected of it (L)."""
+        key: BatchKey = example.request.key
+        summary = extractive(self.bundle, example.text, example.prepared, key.explain)
+        return example, summary, min(key.generation.max_length, example.tokens) + 1
+
     def cancel(self, examples: list[Example]) -> None:
         for batch in self.batches:
             batch.cancel(set(examples))
+        gone = set(examples)
+        self.extracted = [example for example in self.extracted if example not in gone]
         for example in examples:
             self.gates.pop(example, None)
 
@@ -253,7 +277,7 @@ def calibrate(bundle: Bundle, settings: Settings) -> StepCost:
     per_row_token = max(0.0, (per_row[wide] - per_row[narrow]) / max(1, wide - narrow))
     text = " ".join(rng.choice(("The", "council", "voted", "on", "a", "bridge.")) for _ in range(4000))
     started = time.perf_counter()
-    encode_sources(bundle, [text])
+    read_documents(bundle, [text])  # a long text: the selector reads it whole, when there is one
     per_char = (time.perf_counter() - started) / len(text) + encode / CHARS_PER_TOKEN
     cost = StepCost(max(1e-6, per_row[narrow] - per_row_token * narrow), per_row_token, per_char)
     log.info("startup: cost model: %.3g s per row-step, + %.3g s per source token; %.3g s per character",

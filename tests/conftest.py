@@ -10,7 +10,7 @@ from typing import NamedTuple
 import pytest
 
 from gatesum import cli
-from tests.helpers import SOURCE_MAX_TOKENS, build_tiny_bundle
+from tests.helpers import SOURCE_MAX_TOKENS, build_tiny_bundle, build_tiny_selector_bundle
 
 
 @pytest.fixture(scope="session")
@@ -32,6 +32,21 @@ def make_tiny_bundle(tmp_path_factory: pytest.TempPathFactory) -> Callable[[int]
 def tiny_bundle(make_tiny_bundle: Callable[[int], Path]) -> Path:
     """The tiny bundle, reading up to ``SOURCE_MAX_TOKENS`` source tokens."""
     return make_tiny_bundle(SOURCE_MAX_TOKENS)
+
+
+@pytest.fixture(scope="session")
+def make_selector_bundle(tmp_path_factory: pytest.TempPathFactory) -> Callable[[int], Path]:
+    """``make_selector_bundle(source_max_tokens)``: the tiny bundle with a tiny content selector
+    inside, built once per value for the whole session."""
+    built: dict[int, Path] = {}
+
+    def make(source_max_tokens: int = SOURCE_MAX_TOKENS) -> Path:
+        if source_max_tokens not in built:
+            directory = tmp_path_factory.mktemp("selector-bundle") / "tiny-selector"
+            built[source_max_tokens] = build_tiny_selector_bundle(directory, source_max_tokens)
+        return built[source_max_tokens]
+
+    return make
 
 
 class Result(NamedTuple):

@@ -73,3 +73,17 @@ def build_tiny_bundle(directory: Path, source_max_tokens: int = SOURCE_MAX_TOKEN
     card = {"name": "tiny-untrained", "data": {"source_max_tokens": source_max_tokens}, "metrics": {}}
     save_bundle(directory, Summarizer(config).eval(), tokenizer, NormalizerConfig(), card=card)
     return directory
+
+
+def build_tiny_selector_bundle(directory: Path, source_max_tokens: int = SOURCE_MAX_TOKENS) -> Path:
+    """The tiny bundle with a randomly initialized tiny content selector (a BiLSTM of 8 per
+    direction): every selector code path runs, the scores mean nothing."""
+    from gatesum.model.bundle import save_with_selector
+    from gatesum.model.selector import ContentSelector, SelectorConfig
+
+    plain = build_tiny_bundle(directory.parent / f"{directory.name}-plain", source_max_tokens)
+    vocab_size = Tokenizer.load(plain / "tokenizer.model").vocab_size
+    torch.manual_seed(1)
+    config = SelectorConfig(vocab_size=vocab_size, embedding_size=8, hidden_size=8, num_layers=1)
+    save_with_selector(plain, directory, ContentSelector(config).eval(), {"metrics": {}})
+    return directory

@@ -11,10 +11,16 @@ Writes into --output-dir (default ``runs/eval-<bundle name>``):
 
 * ``report.json``: every number, the rows read and dropped (also printed to stderr), the exact
   settings, the command line, the bundle's name and path;
-* ``report.md``: model and Lead-3 ROUGE, then the same by source length (≤400, 401–800, >800
-  words of the normalized article), with truncation rate, summary lengths and decode speed; the
-  same Markdown is printed to stdout;
-* ``summaries.jsonl``: per document its id, summary, source length and ROUGE, for error analysis.
+* ``report.md``: model and Lead-3 ROUGE, then the same by source length (≤400, 401–800,
+  801–1,600, >1,600 words of the normalized article), with how the sources were read (whole,
+  selected by the content selector, truncated), summary lengths and decode speed; the same
+  Markdown is printed to stdout;
+* ``summaries.jsonl``: per document its id, summary, source length, how it was read, the
+  sentences used and ROUGE, for error analysis.
+
+``--mode extractive`` scores the content selector's own sentences (the bundle needs a selector);
+a bundle with a selector reads long documents by its best sentences in either mode, unless
+``--truncate`` asks for the first window of tokens (the baseline to compare with).
 
 Decode speed counts the wall time of ``summarize_texts`` only (normalize, tokenize, search,
 detokenize), not loading the data or scoring.
@@ -41,19 +47,23 @@ from tqdm import tqdm
 
 from gatesum.model.bundle import Bundle, write_atomically
 from gatesum.model.pipeline import Summary, source_max_tokens, summarize_texts
+from gatesum.model.reading import DEFAULT_MODE
 from gatesum.model.search import GenerationConfig
 from gatesum.model.text import normalize
 from gatesum.training.data import DataConfig, load_split
 from gatesum.training.rouge import METRICS, aggregate, lead, rouge_per_document
 from gatesum.training.summarize import (
     add_generation_arguments,
+    add_mode_argument,
     add_model_arguments,
+    check_model_mode,
     generation_config,
     load_model,
 )
 
 # (label, fewest words, most words) of the article, normalized; None: no upper bound
-BUCKETS = (("≤400", 0, 400), ("401–800", 401, 800), (">800", 801, None))
+BUCKETS = (("≤400", 0, 400), ("401–800", 401, 800), ("801–1,600", 801, 1600), (">1,600", 1601, None))
+READS = ("whole", "selected", "truncated")
 METRIC_NAMES = {"rouge1": "R-1", "rouge2": "R-2", "rougeL": "R-L", "rougeLsum": "R-Lsum"}
 SCORING_CHUNK = 200  # documents per rouge_per_document call: the progress bar's step
 
@@ -76,6 +86,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=None,
         help="datasets cache for the parsed files (default: ~/.cache/huggingface/datasets)",
     )
+    add_mode_argument(parser)
+    parser.add_argument(
+        "--truncate",
+        action="store_true",
+        help="read long documents truncated to the model's window even when the bundle has a content "
+        "selector: the baseline that select-then-summarize is compared with",
+    )
     add_generation_arguments(parser)
     parser.add_argument(
         "--output-dir",
@@ -88,6 +105,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     generation = generation_config(args)
     bundle = load_model(args)
+    if args.truncate:
+        bundle.selector = None  # the pipeline then truncates, as for a bundle without one
+    check_model_mode(bundle, args, generation)
     data = DataConfig(
         data_files=args.data_files,
         text_column=args.text_column,
@@ -102,7 +122,7 @@ def run(args: argparse.Namespace) -> int:
     pairs = loaded.pairs
     ids = list(pairs["id"]) if "id" in pairs.column_names else list(range(len(pairs)))
     report, documents = evaluate(
-        bundle, list(pairs["source"]), list(pairs["target"]), generation, args.batch_size
+        bundle, list(pairs["source"]), list(pairs["target"]), generation, args.batch_size, args.mode
     )
     report = {**report, "rows": asdict(loaded.report), "settings": settings(args, bundle, generation),
               "bundle": describe_bundle(bundle)}  # fmt: skip
@@ -124,9 +144,11 @@ def run(args: argparse.Namespace) -> int:
 
 
 def evaluate(bundle: Bundle, articles: Sequence[str], references: Sequence[str], generation: GenerationConfig,
-             batch_size: int = 16) -> tuple[dict[str, Any], list[dict[str, Any]]]:  # fmt: skip
-    """Scores of the model and of Lead-3 on the same documents: (report numbers, per-document records)."""
-    summaries, seconds = summarize_timed(bundle, articles, generation, batch_size)
+             batch_size: int = 16, mode: str = DEFAULT_MODE
+             ) -> tuple[dict[str, Any], list[dict[str, Any]]]:  # fmt: skip
+    """Scores of the model (in ``mode``) and of Lead-3 on the same documents: (report numbers,
+    per-document records)."""
+    summaries, seconds = summarize_timed(bundle, articles, generation, batch_size, mode)
     normalized_articles = [normalize(article, bundle.normalizer) for article in articles]
     normalized_references = [normalize(reference, bundle.normalizer) for reference in references]
     predictions = [summary.normalized for summary in summaries]
@@ -140,6 +162,7 @@ def evaluate(bundle: Bundle, articles: Sequence[str], references: Sequence[str],
         "lead3": rounded(aggregate(lead_scores)),
         "by_source_words": by_source_words(source_words, model_scores, lead_scores),
         "truncation_rate": round(sum(summary.truncated for summary in summaries) / len(summaries), 4),
+        "reads": {read: sum(summary.read == read for summary in summaries) for read in READS},
         "mean_words": {  # whitespace tokens of the normalized text: punctuation counts as a word
             "model": mean_words(predictions),
             "lead3": mean_words(leads),
@@ -153,7 +176,8 @@ def evaluate(bundle: Bundle, articles: Sequence[str], references: Sequence[str],
     }
     documents = [
         {"summary": summary.summary, "normalized": summary.normalized, "source_words": words,
-         "input_tokens": summary.input_tokens, "truncated": summary.truncated,
+         "input_tokens": summary.input_tokens, "truncated": summary.truncated, "read": summary.read,
+         "sentences": [use.index for use in summary.sentences],
          "model": rounded(aggregate([model])), "lead3": rounded(aggregate([lead3]))}
         for summary, words, model, lead3 in zip(summaries, source_words, model_scores, lead_scores)
     ]  # fmt: skip
@@ -161,7 +185,7 @@ def evaluate(bundle: Bundle, articles: Sequence[str], references: Sequence[str],
 
 
 def summarize_timed(bundle: Bundle, articles: Sequence[str], generation: GenerationConfig,
-                    batch_size: int) -> tuple[list[Summary], float]:  # fmt: skip
+                    batch_size: int, mode: str = DEFAULT_MODE) -> tuple[list[Summary], float]:  # fmt: skip
     """Summaries in input order and the wall time spent in ``summarize_texts``.
 
     Documents are taken in order of character length, a few batches at a time, so batches pad
@@ -176,7 +200,8 @@ def summarize_timed(bundle: Bundle, articles: Sequence[str], generation: Generat
         for begin in range(0, len(order), chunk_size):
             chunk = order[begin : begin + chunk_size]
             started = time.perf_counter()
-            results = summarize_texts(bundle, [articles[index] for index in chunk], generation, batch_size)
+            results = summarize_texts(bundle, [articles[index] for index in chunk], generation, batch_size,
+                                      mode=mode)  # fmt: skip
             seconds += time.perf_counter() - started  # results are Python lists: the device is done
             for index, summary in zip(chunk, results):
                 summaries[index] = summary
@@ -233,6 +258,8 @@ def settings(args: argparse.Namespace, bundle: Bundle, generation: GenerationCon
     return {
         "command": shlex.join(["gatesum", *sys.argv[1:]]),
         "arguments": {name: value for name, value in vars(args).items() if not callable(value)},
+        "mode": args.mode,
+        "selector": bundle.selector.config.to_dict() if bundle.selector is not None else None,
         "generation": asdict(generation),
         "batch_size": args.batch_size,
         "data_files": args.data_files,
@@ -255,16 +282,13 @@ def describe_bundle(bundle: Bundle) -> dict[str, Any]:
 
 def render_markdown(report: dict[str, Any]) -> str:
     """The report as Markdown: overall table, bucket table, then the other numbers in one list."""
-    settings, generation = report["settings"], report["settings"]["generation"]
+    settings = report["settings"]
     header = " | ".join(METRIC_NAMES.values())
+    reads = report["reads"]
     lines = [
         f"# {report['bundle']['name']}: ROUGE F1 on {report['documents']} documents",
         "",
-        f"Data: {', '.join(settings['data_files'])} (split {settings['split']}). "
-        f"Beam {generation['beam_size']}, {generation['min_length']}–{generation['max_length']} tokens, "
-        f"length penalty {generation['length_penalty']}, "
-        f"no-repeat n-gram {generation['no_repeat_ngram_size']}, "
-        f"coverage penalty {generation['coverage_penalty']}.",
+        f"Data: {', '.join(settings['data_files'])} (split {settings['split']}). {decoding(settings)}",
         "",
         f"| system | {header} |",
         "|---|" + "---:|" * len(METRICS),
@@ -280,8 +304,9 @@ def render_markdown(report: dict[str, Any]) -> str:
     words, speed = report["mean_words"], report["speed"]
     lines += [
         "",
-        f"- truncated sources: {100 * report['truncation_rate']:.1f}% "
-        f"(longer than {settings['source_max_tokens']} tokens)",
+        f"- sources read whole {reads['whole']}, by selected sentences {reads['selected']}, truncated "
+        f"{reads['truncated']} ({100 * report['truncation_rate']:.1f}%; the window: "
+        f"{settings['source_max_tokens']} tokens)",
         f"- mean length in words: model {words['model']}, Lead-3 {words['lead3']}, "
         f"reference {words['reference']}, source {words['source']}",
         f"- decode speed: {speed['documents_per_second']:.2f} documents/s "
@@ -289,6 +314,21 @@ def render_markdown(report: dict[str, Any]) -> str:
         "",
     ]
     return "\n".join(lines)
+
+
+def decoding(settings: dict[str, Any]) -> str:
+    """The mode and search settings, in a sentence."""
+    generation = settings["generation"]
+    if settings.get("mode") == "extractive":
+        return f"Extractive: the content selector's best {generation['extract_sentences']} sentences."
+    mask = generation["copy_mask_threshold"]
+    search = (
+        f"Beam {generation['beam_size']}, {generation['min_length']}–{generation['max_length']} tokens, "
+        f"length penalty {generation['length_penalty']}, "
+        f"no-repeat n-gram {generation['no_repeat_ngram_size']}, "
+        f"coverage penalty {generation['coverage_penalty']}"
+    )
+    return search + (f", copy mask above {mask}." if mask else ".")
 
 
 def table_row(label: str, scores: dict[str, float] | None) -> str:

@@ -4,7 +4,8 @@
         --name cnndm-lstm-small --dtype float16
 
 Weights are stored in float16 (half the size) and loaded back as float32, so the shipped
-model computes in float32 like the one that was trained.
+model computes in float32 like the one that was trained. A content selector in the bundle
+(``selector.safetensors`` and config.json's "selector" section) comes along, in float32.
 """
 
 from __future__ import annotations
@@ -34,9 +35,9 @@ def run(args: argparse.Namespace) -> int:
     card = {key: value for key, value in bundle.card.items() if key not in ("format", "version")}
     card["name"] = args.name or card.get("name") or args.output.name
     card["exported_from"] = str(args.model)
-    save_bundle(
-        args.output, bundle.model, bundle.tokenizer, bundle.normalizer, card, dtype=DTYPES[args.dtype]
-    )
+    save_bundle(args.output, bundle.model, bundle.tokenizer, bundle.normalizer, card,
+                dtype=DTYPES[args.dtype], selector=bundle.selector)  # fmt: skip
     size = sum(file.stat().st_size for file in args.output.iterdir())
-    print(f"wrote {args.output} ({size / 2**20:.1f} MiB, {args.dtype} weights)")
+    selector = ", with its content selector" if bundle.selector is not None else ""
+    print(f"wrote {args.output} ({size / 2**20:.1f} MiB, {args.dtype} weights{selector})")
     return 0

@@ -1,14 +1,19 @@
 """``gatesum summarize``: summaries of JSON Lines or plain-text documents, written as JSON Lines.
 
-    gatesum summarize --input articles.jsonl --output summaries.jsonl   # adds summary, truncated
+    gatesum summarize --input articles.jsonl --output summaries.jsonl   # adds summary, read, ...
     gatesum summarize --input notes.txt                                 # blank-line-separated docs
     cat story.txt | gatesum summarize --beam-size 1                     # stdin -> stdout
+    gatesum summarize --input report.txt --mode extractive              # the selector's sentences
 
 Input is JSON Lines when the file name ends in .jsonl or .jsonl.gz or its first non-blank line
 starts with ``{`` (``--format`` overrides the guess). Each object keeps its fields and gains
-``summary`` (readable text) and ``truncated`` (the document was longer than the model reads);
-blank lines are skipped. Otherwise each blank-line-separated block of text is one document and
-gives ``{"document": n, "line": its first line, "summary": ..., "truncated": ...}``.
+``summary`` (readable text), ``truncated`` (the model read only the document's first tokens),
+``read`` (whole, selected or truncated: model/reading.py) and ``sentences`` (the indices of the
+sentences the summary used); blank lines are skipped. Otherwise each blank-line-separated block
+of text is one document and gives ``{"document": n, "line": its first line, "summary": ...,
+"truncated": ..., "read": ..., "sentences": [...]}``. A whole document is read, up to any
+length: past the model's window, by the content selector's best sentences when the bundle has
+a selector. ``--mode extractive`` returns those sentences themselves (it needs a selector).
 
 Bad input fails before any work. The whole input is read, decoded and parsed first, so a line
 that is not UTF-8 or not JSON, or lacks the text field, stops the command with one error that
@@ -16,7 +21,7 @@ names the file and line, before the model runs and before ``--output`` is opened
 output file is left alone). Then summaries are written in input order, a chunk at a time,
 flushed after each chunk: an interrupted run keeps every summary written so far.
 
-This module also holds the model and generation flags that ``gatesum eval`` shares.
+This module also holds the model, mode and generation flags that ``gatesum eval`` shares.
 """
 
 from __future__ import annotations
@@ -36,6 +41,7 @@ from tqdm import tqdm
 from gatesum.model.bundle import BUNDLED_MODEL, Bundle
 from gatesum.model.errors import GatesumError
 from gatesum.model.pipeline import Summary, load, summarize_texts
+from gatesum.model.reading import DEFAULT_MODE, MODES, check_mode
 from gatesum.model.search import GENERATION_SETTINGS, GenerationConfig
 
 CHUNK_DOCUMENTS = 64  # documents per summarize_texts call: the unit of progress and of flushing
@@ -55,6 +61,21 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--device", default="auto", help="auto (CUDA, then MPS, then CPU), cpu, cuda, cuda:N or mps"
     )
+
+
+def add_mode_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--mode",
+        choices=MODES,
+        default=DEFAULT_MODE,
+        help="abstractive: the model writes the summary; extractive: the content selector's best "
+        "sentences, up to --extract-sentences (needs a bundle with a selector)",
+    )
+
+
+def check_model_mode(bundle: Bundle, args: argparse.Namespace, generation: GenerationConfig) -> None:
+    """GatesumError, before any work, when the bundle cannot serve --mode or --copy-mask-threshold."""
+    check_mode(bundle, args.mode, generation.copy_mask_threshold)
 
 
 def add_generation_arguments(parser: argparse.ArgumentParser) -> None:
@@ -121,6 +142,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--text-field", default="article", help="the JSON field that holds the document (JSON Lines input)"
     )
+    add_mode_argument(parser)
     add_generation_arguments(parser)
 
 
@@ -135,9 +157,10 @@ def run(args: argparse.Namespace) -> int:
         raise GatesumError(f"{name}: no documents")
     generation = generation_config(args)
     bundle = load_model(args)
+    check_model_mode(bundle, args, generation)
     progress = tqdm(total=len(documents), desc="summarizing", unit="doc", disable=args.input is None)
     with progress, open_output(args.output) as output:
-        for written in write_summaries(bundle, documents, output, generation, args.batch_size):
+        for written in write_summaries(bundle, documents, output, generation, args.batch_size, args.mode):
             progress.update(written)
     return 0
 
@@ -152,11 +175,14 @@ class Document:
     record: dict[str, Any]  # the JSON object to extend, or the plain-text document's number
 
     def output(self, summary: Summary | None) -> dict[str, Any]:
-        """The input record plus summary and truncated (an empty document gets an empty summary)."""
+        """The input record plus summary, truncated, read and the sentences used (an empty
+        document gets an empty summary)."""
         return {
             **self.record,
             "summary": summary.summary if summary else "",
             "truncated": summary.truncated if summary else False,
+            "read": summary.read if summary else "whole",
+            "sentences": [use.index for use in summary.sentences] if summary else [],
         }
 
 
@@ -257,7 +283,7 @@ def open_output(path: str | None) -> Iterator[IO[str]]:
 
 
 def write_summaries(bundle: Bundle, documents: list[Document], output: IO[str], generation: GenerationConfig,
-                    batch_size: int) -> Iterator[int]:  # fmt: skip
+                    batch_size: int, mode: str = DEFAULT_MODE) -> Iterator[int]:  # fmt: skip
     """Summarize ``documents`` a chunk at a time, write each as a JSON line in input order and flush;
     yields the number of documents written after each chunk (for a progress bar)."""
     chunk_size = max(CHUNK_DOCUMENTS, 4 * batch_size)
@@ -266,7 +292,7 @@ def write_summaries(bundle: Bundle, documents: list[Document], output: IO[str], 
         texts = [(index, document.text) for index, document in enumerate(chunk) if document.text.strip()]
         summaries: list[Summary | None] = [None] * len(chunk)
         if texts:
-            results = summarize_texts(bundle, [text for _, text in texts], generation, batch_size)
+            results = summarize_texts(bundle, [text for _, text in texts], generation, batch_size, mode=mode)
             for (index, _), summary in zip(texts, results):
                 summaries[index] = summary
         for document, summary in zip(chunk, summaries):

@@ -1,6 +1,7 @@
 // The gatesum page: two views. "Summarize" posts to /v1/explain and draws the summary, the
-// attention heatmap (heatmap.js) and the encoder's memory trace over the text as written;
-// "Memory" (memory.js) posts to /v1/memory. Plain JS, no build step.
+// sentences it came from highlighted in the text, the attention heatmap (heatmap.js) and the
+// encoder's memory trace over the text as written; "Memory" (memory.js) posts to /v1/memory.
+// Plain JS, no build step.
 "use strict";
 
 const $ = (id) => document.getElementById(id);
@@ -59,12 +60,28 @@ async function loadGenerationBounds() {
 }
 
 function generationSettings() {
-  const settings = {};
+  const settings = { mode: document.querySelector('input[name="mode"]:checked').value };
   for (const name of GENERATION_FIELDS) {
     const value = $(name).value.trim();
     if (value !== "") settings[name] = Number(value); // only what the visitor set
   }
   return settings;
+}
+
+// the extractive mode needs a content selector: offered only when the model card has one
+async function loadModes() {
+  try {
+    const response = await fetch("/v1/model");
+    if (!response.ok) return; // loading, or keys required: the service refuses with a reason
+    const card = (await response.json()).card;
+    if (!card.selector) {
+      const radio = document.querySelector('input[name="mode"][value="extractive"]');
+      radio.disabled = true;
+      $("mode-extractive-label").title = "this model has no content selector";
+    }
+  } catch {
+    // the service still says why when asked for what it cannot do
+  }
 }
 
 // --- the summarize view --------------------------------------------------------------------------
@@ -91,18 +108,62 @@ function clearResult() {
   $("result").hidden = true;
   $("summary").textContent = "";
   $("meta").textContent = "";
+  $("reading").replaceChildren();
+  $("reading-legend").textContent = "";
   clearHeatmap(); // heatmap.js
   $("memory").replaceChildren();
 }
 
 function show(answer, text) {
   $("summary").textContent = answer.summary;
-  $("meta").textContent =
-    `${answer.input_tokens} source tokens${answer.truncated ? " (truncated: the model read the first " +
-      answer.source_tokens.length + ")" : ""} · ${answer.elapsed_ms} ms · ${answer.model}`;
+  const read = answer.mode === "extractive" ? "extractive" : READS[answer.read];
+  $("meta").textContent = `${answer.input_tokens} source tokens (${read}) · ${answer.elapsed_ms} ms · ${answer.model}`;
   $("result").hidden = false; // before drawing: the heatmap sizes itself to its frame
-  drawHeatmap(answer.attention, answer.summary_tokens, answer.source_tokens);
-  drawMemory(answer.memory, answer.source_tokens, text);
+  drawReading(answer, text);
+  const abstractive = answer.mode !== "extractive"; // an extractive summary has no attention
+  $("abstractive-views").hidden = !abstractive;
+  if (abstractive) {
+    drawHeatmap(answer.attention, answer.summary_tokens, answer.source_tokens);
+    drawMemory(answer.memory, answer.source_tokens, text);
+  }
+}
+
+// --- what the model read: the sentences the summary came from, highlighted in the text ---------
+
+const READS = {
+  whole: "read whole",
+  selected: "longer than the model reads: it read the sentences the content selector chose",
+  truncated: "longer than the model reads: it read the first part only",
+};
+
+function drawReading(answer, text) {
+  const target = $("reading");
+  target.replaceChildren();
+  const used = answer.sentences.length, all = answer.sentence_count;
+  const whole = answer.mode !== "extractive" && answer.read === "whole";
+  $("reading-legend").textContent = whole
+    ? `all ${all} sentences`
+    : `highlighted: ${used} of ${all} sentences, ` +
+      (answer.mode === "extractive" ? "the summary itself" : answer.read === "selected"
+        ? "chosen by the content selector" : "the first ones; the rest was not read");
+  const chars = Array.from(text); // the offsets count code points, as the service's strings do
+  const piece = (start, end, className) => {
+    const span = document.createElement("span");
+    span.className = className;
+    span.textContent = chars.slice(start, end).join("");
+    return span;
+  };
+  let written = 0;
+  for (const sentence of answer.sentences) {
+    if (sentence.start < written) continue;
+    target.append(piece(written, sentence.start, whole ? "" : "unused"));
+    const mark = piece(sentence.start, sentence.end, whole ? "" : "used");
+    mark.title = `sentence ${sentence.index + 1} of ${all}` +
+      (sentence.score === null ? "" : ` · selector score ${sentence.score.toFixed(3)}`);
+    target.append(mark);
+    written = sentence.end;
+  }
+  target.append(piece(written, chars.length, whole ? "" : "unused"));
 }
 
 // --- the encoder's memory trace, coloured on a log scale ----------------------------------------
@@ -224,6 +285,7 @@ async function loadModelName() {
     const health = await response.json();
     if (response.ok) {
       $("model-name").textContent = `model: ${health.model}`;
+      loadModes();
     } else {
       $("model-name").textContent = `model not ready: ${health.reason}`;
       if (health.reason === "loading") setTimeout(loadModelName, 1000);

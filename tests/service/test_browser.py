@@ -132,6 +132,17 @@ def test_an_error_replaces_the_previous_result_with_a_readable_message(
     page.close()
 
 
+def test_extractive_is_not_offered_without_a_content_selector(browser, live_server: str) -> None:
+    page = open_page(browser, live_server + "/")
+    page.wait_for_selector("input[name=mode][value=extractive]:disabled")
+    assert page.get_attribute("#mode-extractive-label", "title") == "this model has no content selector"
+    summarize(page, ARTICLE * 3)  # abstractive, truncated: the first sentences read, the rest grey
+    assert "the first ones; the rest was not read" in page.inner_text("#reading-legend")
+    assert page.inner_text("#reading .used").startswith("The city council voted")
+    assert page.js_errors == [] and page.failed == []
+    page.close()
+
+
 def test_api_docs_render_offline(browser, live_server: str) -> None:
     """Swagger UI comes from the service itself: it renders with no network."""
     page = browser.new_page()

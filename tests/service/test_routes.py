@@ -24,15 +24,23 @@ def test_summarize_returns_the_documented_fields(client: TestClient) -> None:
     response = client.post("/v1/summarize", json={"text": ARTICLE})
     assert response.status_code == 200
     body = response.json()
-    assert set(body) == {"summary", "input_tokens", "truncated", "elapsed_ms", "model"}
+    assert set(body) == {"summary", "input_tokens", "truncated", "read", "mode", "sentences",
+                         "sentence_count", "elapsed_ms", "model"}  # fmt: skip
+    assert body["read"] == "whole" and body["mode"] == "abstractive" and body["sentence_count"] == 2
+    assert [(s["index"], s["score"]) for s in body["sentences"]] == [(0, None), (1, None)]  # no selector
+    first = body["sentences"][0]
+    assert ARTICLE[first["start"] : first["end"]] == ARTICLE.split(". ")[0] + "."
     assert isinstance(body["summary"], str) and body["summary"]
     assert 10 < body["input_tokens"] < SOURCE_MAX_TOKENS and body["truncated"] is False
     assert body["elapsed_ms"] > 0 and body["model"] == "tiny-untrained"
 
 
 def test_summarize_flags_truncation_past_the_source_limit(client: TestClient) -> None:
-    body = client.post("/v1/summarize", json={"text": ARTICLE * 5}).json()
+    body = client.post("/v1/summarize", json={"text": " ".join([ARTICLE] * 5)}).json()
     assert body["input_tokens"] > SOURCE_MAX_TOKENS and body["truncated"] is True
+    assert body["read"] == "truncated" and body["sentence_count"] == 10  # the model read the first ones
+    assert [s["index"] for s in body["sentences"]] == list(range(len(body["sentences"])))
+    assert 1 < len(body["sentences"]) < 10
 
 
 def test_generation_options_are_applied(client: TestClient) -> None:

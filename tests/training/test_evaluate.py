@@ -14,7 +14,7 @@ from gatesum.training import summarize
 from gatesum.training.rouge import aggregate, rouge_per_document
 from tests.helpers import SOURCE_MAX_TOKENS, make_rows, write_jsonl
 
-SENTENCES = [5, 3, 60, 45, 100, 90]  # 50, 30, 600, 450, 1000 and 900 words: two per length bucket
+SENTENCES = [5, 3, 60, 45, 100, 170]  # 50, 30, 600, 450, 1000 and 1700 words: buckets of 2, 2, 1, 1
 
 
 @pytest.fixture
@@ -46,19 +46,24 @@ def test_eval_writes_report_json_and_markdown(
     assert "| Lead-3 | 100.00 | 100.00 | 100.00 | 100.00 |" in markdown
 
     buckets = report["by_source_words"]
-    assert [bucket["bucket"] for bucket in buckets] == ["≤400", "401–800", ">800"]
-    assert [bucket["documents"] for bucket in buckets] == [2, 2, 2]
+    assert [bucket["bucket"] for bucket in buckets] == ["≤400", "401–800", "801–1,600", ">1,600"]
+    assert [bucket["documents"] for bucket in buckets] == [2, 2, 1, 1]
     assert sum(bucket["documents"] for bucket in buckets) == report["documents"]
     assert all(bucket["lead3"]["rouge1"] == pytest.approx(100) for bucket in buckets)
-    assert "| >800 | 2 | Lead-3 | 100.00 | 100.00 | 100.00 | 100.00 |" in markdown
+    assert "| >1,600 | 1 | Lead-3 | 100.00 | 100.00 | 100.00 | 100.00 |" in markdown
 
     bundle = load_bundle(tiny_bundle)
     articles = [row["article"] for row in make_rows(SENTENCES)]
     too_long = [len(bundle.tokenizer.encode(normalize(article))) > SOURCE_MAX_TOKENS for article in articles]
     assert 0 < sum(too_long) < len(articles)  # the check below can tell right from wrong
     assert report["truncation_rate"] == pytest.approx(sum(too_long) / len(articles), abs=1e-4)
+    assert report["reads"] == {
+        "whole": len(articles) - sum(too_long),
+        "selected": 0,
+        "truncated": sum(too_long),
+    }
     assert report["mean_words"]["source"] == pytest.approx(
-        sum(count * 10 for count in SENTENCES) / len(SENTENCES)
+        sum(count * 10 for count in SENTENCES) / len(SENTENCES), abs=0.1
     )
     assert report["speed"]["documents_per_second"] > 0
 
@@ -114,9 +119,9 @@ def test_limit_split_placeholder_and_custom_columns(gatesum, tiny_bundle: Path, 
     assert result.code == 0, result.err
     report = json.loads((tmp_path / "out" / "report.json").read_text())
     assert report["documents"] == 3
-    assert [bucket["documents"] for bucket in report["by_source_words"]] == [2, 1, 0]
+    assert [bucket["documents"] for bucket in report["by_source_words"]] == [2, 1, 0, 0]
     assert report["by_source_words"][2]["model"] is None
-    assert "| >800 | 0 | model | – | – | – | – |" in result.out
+    assert "| >1,600 | 0 | model | – | – | – | – |" in result.out
 
 
 def test_default_output_dir_is_named_after_the_bundle(
@@ -183,3 +188,26 @@ def test_absent_default_model_is_a_clear_error(
     assert result.code == 2
     default = tmp_path / "pretrained" / "cnndm-lstm-small"
     assert result.err == f"gatesum eval: error: no --model given and the bundled model {default} is absent\n"
+
+
+def test_eval_reads_long_documents_by_the_selector_and_scores_the_extractive_mode(
+    gatesum, make_selector_bundle, tiny_bundle: Path, data_file: Path, tmp_path: Path
+) -> None:
+    bundle = make_selector_bundle()
+    assert gatesum(*eval_args(bundle, data_file, tmp_path)).code == 0
+    report = json.loads((tmp_path / "out" / "report.json").read_text())
+    assert report["reads"] == {"whole": 2, "selected": 4, "truncated": 0} and report["truncation_rate"] == 0
+    assert report["settings"]["mode"] == "abstractive" and report["settings"]["selector"]["cell"] == "lstm"
+    result = gatesum(
+        *eval_args(bundle, data_file, tmp_path, "--mode", "extractive", "--extract-sentences", "3")
+    )
+    assert result.code == 0, result.err
+    assert "Extractive: the content selector's best 3 sentences." in result.out
+    records = [json.loads(line) for line in (tmp_path / "out" / "summaries.jsonl").read_text().splitlines()]
+    assert all(len(record["sentences"]) == 3 and record["read"] == "whole" for record in records)
+    truncated = gatesum(*eval_args(bundle, data_file, tmp_path, "--truncate"))
+    assert truncated.code == 0, truncated.err
+    report = json.loads((tmp_path / "out" / "report.json").read_text())
+    assert report["reads"] == {"whole": 2, "selected": 0, "truncated": 4}
+    refused = gatesum(*eval_args(tiny_bundle, data_file, tmp_path, "--mode", "extractive"))
+    assert refused.code != 0 and "extractive mode needs a content selector" in refused.err

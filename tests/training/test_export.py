@@ -2,6 +2,8 @@
 
 import json
 
+import torch
+
 from gatesum.model.bundle import load_bundle
 from gatesum.model.pipeline import summarize_texts
 from gatesum.model.search import GenerationConfig
@@ -42,3 +44,20 @@ def test_a_shipped_bundle_is_readable_by_other_users(tiny_bundle, tmp_path, gate
         "model.safetensors": 0o644,
         "tokenizer.model": 0o644,
     }
+
+
+def test_export_carries_the_content_selector(make_selector_bundle, tmp_path, gatesum):
+    source = make_selector_bundle()
+    output = tmp_path / "shipped"
+    result = gatesum("export", "--model", source, "--output", output)
+    assert result.code == 0, result.err
+    assert "with its content selector" in result.out
+    original, shipped = load_bundle(source), load_bundle(output)
+    assert shipped.selector is not None and shipped.selector.config == original.selector.config
+    for name, weight in shipped.selector.state_dict().items():
+        assert torch.equal(weight, original.selector.state_dict()[name])  # float32: exactly
+    card = json.loads((output / "config.json").read_text())
+    assert card["selector"]["tokenizer_fingerprint"] == shipped.tokenizer.fingerprint
+    long = " ".join(["The police said the storm hit the coast."] * 30)
+    [summary] = summarize_texts(shipped, [long], GenerationConfig(beam_size=1, max_length=6))
+    assert summary.read == "selected"

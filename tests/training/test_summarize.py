@@ -61,7 +61,8 @@ def test_plain_text_blocks_are_documents(gatesum, tiny_bundle: Path, tmp_path: P
     assert result.code == 0, result.err
     output = read_jsonl(result.out)
     assert [(row["document"], row["line"]) for row in output] == [(1, 1), (2, 6), (3, 8)]
-    assert all(set(row) == {"document", "line", "summary", "truncated"} for row in output)
+    fields = {"document", "line", "summary", "truncated", "read", "sentences"}
+    assert all(set(row) == fields for row in output)
 
 
 def test_stdin_to_stdout_without_a_progress_bar(
@@ -78,11 +79,11 @@ def test_json_lines_detected_by_the_first_line(gatesum, tiny_bundle: Path, tmp_p
     source = tmp_path / "input.txt"
     source.write_text('\n{"article": "The court found the report."}\n', encoding="utf-8")
     output = read_jsonl(gatesum("summarize", "--model", tiny_bundle, "--input", source, *FAST).out)
-    assert list(output[0]) == ["article", "summary", "truncated"]
+    assert list(output[0]) == ["article", "summary", "truncated", "read", "sentences"]
     forced = read_jsonl(
         gatesum("summarize", "--model", tiny_bundle, "--input", source, "--format", "text", *FAST).out
     )
-    assert list(forced[0]) == ["document", "line", "summary", "truncated"]
+    assert list(forced[0]) == ["document", "line", "summary", "truncated", "read", "sentences"]
 
 
 def test_an_interrupted_run_keeps_what_it_wrote(
@@ -220,3 +221,26 @@ def test_every_generation_setting_is_a_flag_with_its_default_and_bounds(
         flag = "--" + setting.name.replace("_", "-")
         assert f"{flag} {'N' if setting.kind is int else 'X'} {setting.help}" in help_text
         assert f"[{setting.minimum}–{setting.maximum}, default {setting.default}]" in help_text
+
+
+def test_a_long_document_is_read_by_the_selector_and_extractive_mode(
+    gatesum, make_selector_bundle, tiny_bundle: Path, tmp_path: Path
+) -> None:
+    bundle = make_selector_bundle()
+    source = write_jsonl(tmp_path / "in.jsonl", make_rows([4, 30]))
+    result = gatesum("summarize", "--model", bundle, "--input", source, *FAST)
+    assert result.code == 0, result.err
+    output = read_jsonl(result.out)
+    assert [row["read"] for row in output] == ["whole", "selected"]  # 300 words > 128 tokens
+    assert output[0]["sentences"] == [0, 1, 2, 3] and output[1]["truncated"] is False
+    assert output[1]["sentences"] == sorted(output[1]["sentences"]) and max(output[1]["sentences"]) > 12
+    extractive = gatesum("summarize", "--model", bundle, "--input", source, "--mode", "extractive",
+                         "--extract-sentences", "2")  # fmt: skip
+    assert extractive.code == 0, extractive.err
+    assert [len(row["sentences"]) for row in read_jsonl(extractive.out)] == [2, 2]
+    refused = gatesum("summarize", "--model", tiny_bundle, "--input", source, "--mode", "extractive")
+    assert refused.code != 0 and refused.out == ""
+    assert (
+        "extractive mode needs a content selector" in refused.err
+        and len(refused.err.strip().splitlines()) == 1
+    )

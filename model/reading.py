@@ -1,0 +1,230 @@
+"""How a document is read, for both modes (issue #15): the content selector's side of the one
+inference path (model/pipeline.py).
+
+    text ─► normalize ─► sentences (long ones cut) ─► ids + each sentence's span in them
+      abstractive:
+        ├─ fits the summarizer's window ────────────────────────────────────► read "whole"
+        ├─ longer, the bundle has a selector ─► P(copied) for every token of the WHOLE document
+        │      ─► sentence scores ─► best sentences, kept in document order until the window
+        │         is full ─► the summarizer reads those                      ► read "selected"
+        └─ longer, no selector ─► the first window of tokens                 ► read "truncated"
+      extractive (needs a selector): P(copied) ─► sentence scores ─► the best sentences with
+        trigram blocking between them, in document order, are the summary    ► read "whole"
+
+Every reading names the sentences it used (indices into the document's sentences, with their
+character offsets in the text as given and, when the selector ran, their scores), so that a
+caller can show where a summary came from. The selector's probabilities of the tokens the
+summarizer reads also feed the bottom-up copy mask (``copy_sources``; Gehrmann et al. 2018).
+"""
+
+from __future__ import annotations
+
+import re
+import unicodedata
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from gatesum.model.bundle import Bundle
+from gatesum.model.errors import GatesumError
+from gatesum.model.selector import (
+    encode_sentences,
+    extractive_summary,
+    select_sentences,
+    sentence_scores,
+    split_sentences,
+    token_probabilities_batch,
+)
+from gatesum.model.text import CHARACTER_MAP, normalize
+
+MODES = ("abstractive", "extractive")
+DEFAULT_MODE = "abstractive"
+DEFAULT_SOURCE_MAX_TOKENS = 400
+# A sentence longer than this many words is cut into pieces: an unpunctuated transcript line
+# must still fit the summarizer's window when selected (400 tokens hold several of them).
+SENTENCE_MAX_WORDS = 80
+LOOKAHEAD = 40  # characters: how far ``sentence_offsets`` looks for a word before skipping it
+_WORD = re.compile(r"\S+")
+
+
+@dataclass
+class SentenceUse:
+    """One sentence of the document that a summary used."""
+
+    index: int  # in the document's sentences (``document_sentences``)
+    start: int  # [start, end): character offsets in the text as given (Python str indices)
+    end: int
+    score: float | None = None  # the selector's sentence score (mean token P(copied)), when it ran
+
+
+@dataclass
+class Reading:
+    """What the summarizer reads of one document, and how it was chosen."""
+
+    read: str  # "whole" | "selected" | "truncated"
+    source_ids: list[int]  # the ids the summarizer reads (extractive: the whole document's)
+    input_tokens: int  # the whole document, in tokens
+    sentences: list[SentenceUse]  # the sentences read (extractive: the summary's), in document order
+    sentence_count: int  # sentences in the document
+    source_probabilities: Tensor | None = None  # (S,) P(copied) of each id read, when the selector ran
+    extract: list[str] | None = None  # extractive: the summary's sentences, normalized
+
+
+def source_max_tokens(bundle: Bundle) -> int:
+    """The summarizer's window: the most source tokens it reads (its training's limit)."""
+    return int(bundle.card.get("data", {}).get("source_max_tokens", DEFAULT_SOURCE_MAX_TOKENS))
+
+
+def check_mode(bundle: Bundle, mode: str, copy_mask_threshold: float = 0.0) -> None:
+    """GatesumError, in one line, for a mode or copy mask this bundle cannot serve."""
+    if mode not in MODES:
+        raise GatesumError(f"mode must be one of {', '.join(MODES)}, not {mode!r}")
+    if bundle.selector is None and mode == "extractive":
+        raise GatesumError(
+            f"the extractive mode needs a content selector, and the model {bundle.name} has none"
+        )
+    if bundle.selector is None and copy_mask_threshold > 0:
+        raise GatesumError(
+            f"the copy mask (copy_mask_threshold > 0) needs a content selector, and the model "
+            f"{bundle.name} has none"
+        )
+
+
+def read_documents(
+    bundle: Bundle,
+    texts: Sequence[str],
+    mode: str = DEFAULT_MODE,
+    copy_mask_threshold: float = 0.0,
+    extract_sentences: int = 3,
+    batch_size: int = 16,
+) -> list[Reading]:
+    """How each text is read (see the module docs). The selector runs, over each whole
+    document, where it changes something: extractive mode, the copy mask, or a document longer
+    than the window; the tokens of a text are exactly ``tokenizer.encode(normalize(text))``."""
+    check_mode(bundle, mode, copy_mask_threshold)
+    limit = source_max_tokens(bundle)
+    documents = [document_sentences(bundle, text) for text in texts]
+    probabilities: list[Tensor | None] = [None] * len(documents)
+    if bundle.selector is not None:
+        wanted = [i for i, (_, ids, _) in enumerate(documents)
+                  if mode == "extractive" or copy_mask_threshold > 0 or len(ids) > limit]  # fmt: skip
+        scored = token_probabilities_batch(bundle.selector, [documents[i][1] for i in wanted], batch_size)
+        for index, values in zip(wanted, scored, strict=True):
+            probabilities[index] = values
+    readings = []
+    for text, (sentences, ids, spans), values in zip(texts, documents, probabilities, strict=True):
+        scores = sentence_scores(values, spans) if values is not None else None
+        if mode == "extractive":
+            reading = _extract(sentences, ids, values, scores, extract_sentences)
+        else:
+            reading = _abstractive(ids, spans, values, scores, limit)
+        last = reading.sentences[-1].index + 1 if reading.sentences else 0
+        offsets = sentence_offsets(text, sentences[:last])  # consecutive: up to the last one used
+        for use in reading.sentences:
+            use.start, use.end = offsets[use.index]
+        reading.sentence_count = len(sentences)
+        readings.append(reading)
+    return readings
+
+
+def document_sentences(bundle: Bundle, text: str) -> tuple[list[str], list[int], list[tuple[int, int]]]:
+    """The document's sentences (normalized), its ids and each sentence's (start, end) in them;
+    a text with no words reads as one unknown token, so that the model still has a source."""
+    sentences = split_sentences(normalize(text, bundle.normalizer), SENTENCE_MAX_WORDS)
+    ids, spans = encode_sentences(bundle.tokenizer, sentences)
+    return sentences, ids or [bundle.model.config.unk_id], spans
+
+
+def _abstractive(ids: list[int], spans: list[tuple[int, int]], probabilities: Tensor | None,
+                 scores: list[float] | None, limit: int) -> Reading:  # fmt: skip
+    """Whole when it fits; else the selector's best sentences, or the first ``limit`` tokens."""
+
+    def used(indices: Sequence[int]) -> list[SentenceUse]:
+        return [SentenceUse(i, 0, 0, round(scores[i], 4) if scores else None) for i in indices]
+
+    if len(ids) <= limit:
+        return Reading("whole", ids, len(ids), used(range(len(spans))), 0, probabilities)
+    if probabilities is not None:
+        counts = [end - start for start, end in spans]
+        kept = select_sentences(scores, counts, limit)
+        if kept:  # nothing kept: every sentence is longer than the window (cut ones never are)
+            source = [token for i in kept for token in ids[spans[i][0] : spans[i][1]]]
+            selected = torch.cat([probabilities[spans[i][0] : spans[i][1]] for i in kept])  # (S,)
+            return Reading("selected", source, len(ids), used(kept), 0, selected)
+    read = [i for i, (start, _) in enumerate(spans) if start < limit]  # the last one maybe in part
+    window = probabilities[:limit] if probabilities is not None else None
+    return Reading("truncated", ids[:limit], len(ids), used(read), 0, window)
+
+
+def _extract(sentences: list[str], ids: list[int], probabilities: Tensor, scores: list[float],
+             count: int) -> Reading:  # fmt: skip
+    """The extractive summary: the best ``count`` sentences, trigram-blocked, in document order."""
+    kept = extractive_summary(sentences, scores, max_sentences=count) if sentences else []
+    uses = [SentenceUse(i, 0, 0, round(scores[i], 4)) for i in kept]
+    return Reading("whole", ids, len(ids), uses, 0, probabilities, [sentences[i] for i in kept])
+
+
+def copy_sources(readings: Sequence[Reading], threshold: float, pad_id: int) -> list[list[int]] | None:
+    """The bottom-up copy mask (Gehrmann et al. 2018, §4) as source ids for the copy term: each
+    id read, or PAD where the selector's P(copied) is not above ``threshold``; None when off."""
+    if threshold <= 0:
+        return None
+    masked = []
+    for reading in readings:
+        probabilities = reading.source_probabilities
+        if probabilities is None:  # the selector did not run (extractive readings never decode)
+            masked.append(list(reading.source_ids))
+            continue
+        allowed = (probabilities > threshold).tolist()
+        masked.append([token if keep else pad_id for token, keep in zip(reading.source_ids, allowed)])
+    return masked
+
+
+def sentence_offsets(text: str, sentences: Sequence[str]) -> list[tuple[int, int]]:
+    """[start, end) character offsets in ``text`` (raw, as given) of consecutive normalized
+    sentences of it, for showing them in place.
+
+    The words of normalized text are the raw text's characters, lowercased, with curly quotes
+    and dashes made plain and split at punctuation: each word is looked for in the raw text's
+    non-space characters folded the same way, a little ahead of the previous one. A word not
+    found there (a Unicode composition the normalizer changed) is skipped; a sentence with no
+    word found gets an empty span where the previous one ended. Linear in the text.
+    """
+    pieces: list[str] = []
+    origins: list[int] = []  # per folded character: its position in ``text``
+    for match in _WORD.finditer(text):
+        word, start = match.group(), match.start()
+        folded = word.translate(CHARACTER_MAP).lower()
+        if len(folded) == len(word) and folded.isascii():  # most words: one folded char per char
+            pieces.append(folded)
+            origins.extend(range(start, match.end()))
+            continue
+        for offset, character in enumerate(word):  # the rest character by character
+            for char in unicodedata.normalize("NFC", character).translate(CHARACTER_MAP).lower():
+                if not char.isspace():
+                    pieces.append(char)
+                    origins.append(start + offset)
+    stream = "".join(pieces)
+    cursor, previous_end, offsets = 0, 0, []
+    for sentence in sentences:
+        first = last = None
+        for word in sentence.split():
+            word = _RAW_FORMS.get(word, word)
+            at = stream.find(word, cursor, cursor + len(word) + LOOKAHEAD)
+            if at < 0:
+                continue
+            first = at if first is None else first
+            cursor = last = at + len(word)
+        if first is None:
+            offsets.append((previous_end, previous_end))
+        else:
+            previous_end = origins[last - 1] + 1
+            offsets.append((origins[first], previous_end))
+    return offsets
+
+
+# normalized words that the raw text writes otherwise (NormalizerConfig.ptb_escapes)
+_RAW_FORMS = {"-lrb-": "(", "-rrb-": ")", "-lsb-": "[", "-rsb-": "]", "-lcb-": "{", "-rcb-": "}",
+              "``": '"', "''": '"'}  # fmt: skip
