@@ -14,6 +14,14 @@ so the parallel decoders attend position by position after their parallel LSTM).
 run interleaved in one process, so that all see the same machine load; the median of the
 repetitions is reported, with tokens/s (source + target tokens, as ``gatesum train`` counts
 them) and the speed-up over (a).
+
+Each step is timed on two clocks: the wall clock, and the process's CPU time (``--clock``
+chooses which one the tokens/s and speed-ups are computed from; both are stored). On a
+shared machine the wall clock also counts the time other jobs hold the core, which varied
+±30% from step to step with three trainings running on our two cores; CPU time counts only
+this process's work (at one thread, the same as the wall time on an idle machine; with more
+threads it sums them, so it measures work, not latency). ``gatesum train --clock cpu``
+budgets runs the same way.
 """
 
 from __future__ import annotations
@@ -45,6 +53,7 @@ CASES = {  # name -> ModelConfig overrides
 }
 W_C_IN_PHASE = 0.05  # any w_c ≠ 0: what the coverage phase has after its first step
 TARGET_SPEEDUP = 3.0  # tokens/s of the parallel decoder over (a), issue #14
+CLOCKS = {"cpu": time.process_time, "wall": time.perf_counter}
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -60,6 +69,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--phases", default="before-coverage,coverage",
                         help="comma-separated: before-coverage (w_c = 0: not tracked), "
                              "coverage (λ > 0, w_c ≠ 0: fed into the scores)")  # fmt: skip
+    parser.add_argument("--clock", choices=sorted(CLOCKS), default="cpu",
+                        help="the clock tokens/s and speed-ups come from (both are stored): cpu, "
+                             "this process's CPU time, steadier on a shared machine; or wall")  # fmt: skip
     parser.add_argument("--output", metavar="PATH", help="also write the results, and this command, to JSON")
 
 
@@ -122,18 +134,25 @@ def train_step(config: ModelConfig, train: dict, batch: Batch, phase: str) -> Ca
     return step
 
 
-def time_interleaved(steps: dict[str, Callable[[], None]], warmup: int, repeats: int) -> dict[str, float]:
-    """Median seconds per step of each, one step of each in turn so that load hits all alike."""
+def time_interleaved(
+    steps: dict[str, Callable[[], None]], warmup: int, repeats: int
+) -> dict[str, dict[str, float]]:
+    """Median seconds per step of each on every clock (name -> clock -> s), one step of each in
+    turn so that load hits all alike."""
     for _ in range(warmup):
         for step in steps.values():
             step()
-    seconds: dict[str, list[float]] = {name: [] for name in steps}
+    seconds = {name: {clock: [] for clock in CLOCKS} for name in steps}
     for _ in range(repeats):
         for name, step in steps.items():
-            start = time.perf_counter()
+            start = {clock: read() for clock, read in CLOCKS.items()}
             step()
-            seconds[name].append(time.perf_counter() - start)
-    return {name: statistics.median(values) for name, values in seconds.items()}
+            for clock, read in CLOCKS.items():
+                seconds[name][clock].append(read() - start[clock])
+    return {
+        name: {clock: statistics.median(values) for clock, values in clocks.items()}
+        for name, clocks in seconds.items()
+    }
 
 
 def run(args: argparse.Namespace) -> int:
@@ -148,20 +167,24 @@ def run(args: argparse.Namespace) -> int:
           f"{args.config}: V={base.vocab_size} E={base.embedding_size} H_enc={base.encoder_hidden_size}×2 "
           f"H_dec={base.decoder_hidden_size} A={base.attention_size}, copy={base.copy}, "
           f"coverage={base.coverage}; B={B} S={S} T={T} ({batch.tokens} tokens/step); "
-          f"median of {args.repeats}; LSTM loops: {loops}")  # fmt: skip
-    print(f"{'phase':<17}{'case':<30}{'ms/step':>9}{'tokens/s':>10}{'× (a)':>8}")
+          f"median of {args.repeats}; LSTM loops: {loops}; clock: {args.clock}")  # fmt: skip
+    print(f"{'phase':<17}{'case':<30}{'ms/step':>9}{'tokens/s':>10}{'× (a)':>8}{'wall ms':>9}{'× (a)':>7}")
     rows = []
     for phase in args.phases.split(","):
         configs = {name: ModelConfig(**{**base.to_dict(), **overrides}) for name, overrides in CASES.items()}
         steps = {name: train_step(config, train, batch, phase) for name, config in configs.items()}
         medians = time_interleaved(steps, args.warmup, args.repeats)
         reference = medians[next(iter(CASES))]
-        for name, seconds in medians.items():
+        for name, clocks in medians.items():
+            seconds = clocks[args.clock]
             row = {"phase": phase, "case": name, "ms_per_step": 1e3 * seconds,
-                   "tokens_per_s": batch.tokens / seconds, "speedup": reference / seconds}  # fmt: skip
+                   "tokens_per_s": batch.tokens / seconds, "speedup": reference[args.clock] / seconds,
+                   "wall_ms_per_step": 1e3 * clocks["wall"], "cpu_ms_per_step": 1e3 * clocks["cpu"],
+                   "wall_speedup": reference["wall"] / clocks["wall"]}  # fmt: skip
             rows.append(row)
             print(f"{phase:<17}{name:<30}{row['ms_per_step']:>9.1f}{row['tokens_per_s']:>10.0f}"
-                  f"{row['speedup']:>8.2f}")  # fmt: skip
+                  f"{row['speedup']:>8.2f}{row['wall_ms_per_step']:>9.1f}"
+                  f"{row['wall_speedup']:>7.2f}")  # fmt: skip
     print(f"target: ≥ {TARGET_SPEEDUP:.0f}× tokens/s over (a)")
     if args.output:
         machine = {"processor": _cpu_name(), "threads": torch.get_num_threads(), "torch": torch.__version__,
@@ -169,6 +192,7 @@ def run(args: argparse.Namespace) -> int:
                    "load_average_1_5_15min": {"before": load_before, "after": os.getloadavg()}}  # fmt: skip
         settings = {"config": args.config, "model": base.to_dict(), "B": B, "S": S, "T": T,
                     "tokens_per_step": batch.tokens, "repeats": args.repeats, "warmup": args.warmup,
+                    "clock": args.clock,
                     "coverage_loss_weight": coverage_loss_weight(train),
                     "w_c_in_phase": W_C_IN_PHASE}  # fmt: skip
         record = {
