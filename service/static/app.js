@@ -60,7 +60,9 @@ async function loadGenerationBounds() {
 }
 
 function generationSettings() {
-  const settings = { mode: document.querySelector('input[name="mode"]:checked').value };
+  const settings = {};
+  const mode = document.querySelector('input[name="mode"]:checked').value;
+  if (mode !== "abstractive") settings.mode = mode; // like the fields: only what the visitor chose
   for (const name of GENERATION_FIELDS) {
     const value = $(name).value.trim();
     if (value !== "") settings[name] = Number(value); // only what the visitor set
@@ -110,6 +112,8 @@ function clearResult() {
   $("meta").textContent = "";
   $("reading").replaceChildren();
   $("reading-legend").textContent = "";
+  $("selection").replaceChildren();
+  $("selection-view").hidden = true;
   clearHeatmap(); // heatmap.js
   $("memory").replaceChildren();
 }
@@ -126,6 +130,23 @@ function show(answer, text) {
     drawHeatmap(answer.attention, answer.summary_tokens, answer.source_tokens);
     drawMemory(answer.memory, answer.source_tokens, text);
   }
+  drawSelection(answer.selection, answer.source_tokens);
+}
+
+// the content selector's P(copied) per token read, as the model's own tokens (a long text's
+// selected sentences are not contiguous in the text as written)
+function drawSelection(selection, pieces) {
+  const target = $("selection");
+  target.replaceChildren();
+  $("selection-view").hidden = !selection;
+  if (!selection) return;
+  pieces.forEach((piece, t) => {
+    const span = document.createElement("span");
+    span.textContent = display(piece);
+    span.style.backgroundColor = `hsla(140, 60%, 38%, ${(0.85 * selection[t]).toFixed(3)})`;
+    span.title = `${label(piece)}: P(copied) ${selection[t].toFixed(3)}`;
+    target.append(span);
+  });
 }
 
 // --- what the model read: the sentences the summary came from, highlighted in the text ---------

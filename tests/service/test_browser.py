@@ -138,6 +138,7 @@ def test_extractive_is_not_offered_without_a_content_selector(browser, live_serv
     assert page.get_attribute("#mode-extractive-label", "title") == "this model has no content selector"
     summarize(page, ARTICLE * 3)  # abstractive, truncated: the first sentences read, the rest grey
     assert "the first ones; the rest was not read" in page.inner_text("#reading-legend")
+    assert not page.is_visible("#selection-view")  # no selector, no scores
     assert page.inner_text("#reading .used").startswith("The city council voted")
     assert page.js_errors == [] and page.failed == []
     page.close()

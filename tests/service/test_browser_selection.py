@@ -44,6 +44,8 @@ def test_the_page_highlights_the_selected_sentences_and_switches_to_extractive(
     assert page.inner_text("#reading") == LONG  # the text as written, nothing dropped
     assert "selector score" in page.locator("#reading .used").first.get_attribute("title")
     assert page.is_visible("#heatmap")
+    scores = page.locator("#selection span")  # the selector's score of each token read
+    assert scores.count() > 50 and "P(copied)" in scores.first.get_attribute("title")
     page.screenshot(path=str(screenshot_folder(tmp_path) / "gatesum-page-selected.png"), full_page=True)
 
     run(page, "extractive")

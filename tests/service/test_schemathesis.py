@@ -4,7 +4,8 @@ whatever the OpenAPI schema allows is accepted, whatever it forbids is refused w
 
 Bounded (a fixed seed, a few examples per operation) to stay under a minute. The model is the
 tiny bundle with its end-of-summary logit raised, so that each summary ends at once (an untrained
-model would run to max_length) and the run measures the HTTP layer, not the decoder.
+model would run to max_length) and the run measures the HTTP layer, not the decoder. It has a
+tiny content selector, so that every mode and the copy mask the schema allows can be served.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ import torch
 import uvicorn
 
 from gatesum.model.bundle import load_bundle, save_bundle
+from gatesum.model.selector import ContentSelector, SelectorConfig
 from gatesum.model.tokenizer import EOS_ID
 from gatesum.service.app import create_app
 from gatesum.service.server import connection_options
@@ -35,7 +37,8 @@ EXCLUDED = "^/v1/memory"
 
 @pytest.fixture(scope="module")
 def quick_bundle(tiny_bundle: Path, tmp_path_factory) -> Path:
-    """The tiny bundle, generating (not copying) and preferring end-of-summary above all."""
+    """The tiny bundle, generating (not copying) and preferring end-of-summary above all, with a
+    tiny (random) content selector."""
     bundle = load_bundle(tiny_bundle)
     decoder = bundle.model.decoder
     with torch.no_grad():
@@ -45,7 +48,10 @@ def quick_bundle(tiny_bundle: Path, tmp_path_factory) -> Path:
         bias[EOS_ID] = 30.0
     directory = tmp_path_factory.mktemp("quick") / "quick"
     card = {"name": "tiny-quick", "data": bundle.card.get("data", {}), "metrics": {}}
-    save_bundle(directory, bundle.model, bundle.tokenizer, bundle.normalizer, card=card)
+    torch.manual_seed(0)
+    selector = ContentSelector(SelectorConfig(vocab_size=bundle.tokenizer.vocab_size, embedding_size=8,
+                                              hidden_size=8, num_layers=1))  # fmt: skip
+    save_bundle(directory, bundle.model, bundle.tokenizer, bundle.normalizer, card=card, selector=selector)
     return directory
 
 
