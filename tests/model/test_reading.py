@@ -3,6 +3,7 @@ mode, sentence offsets in the raw text, and the bottom-up copy mask."""
 
 from __future__ import annotations
 
+import random
 from dataclasses import replace
 
 import pytest
@@ -208,3 +209,16 @@ def test_the_running_batch_applies_the_copy_mask_as_summarize_texts_does(selecto
     for index, (text, config) in enumerate(zip(texts, configs)):
         [alone] = summarize_texts(selector_bundle, [text], config)
         assert decoded[index] == alone.token_ids, index
+
+
+def test_an_unpunctuated_transcript_is_cut_into_pieces_that_fit_the_window(make_selector_bundle):
+    bundle = load_bundle(make_selector_bundle(200))
+    rng = random.Random(0)
+    words = "police said the storm hit the coast and the team won the match".split()
+    transcript = " ".join(rng.choice(words) for _ in range(600))  # one line, no sentence ends
+    [reading] = read_documents(bundle, [transcript])
+    sentences, _, _ = document_sentences(bundle, transcript)
+    assert len(sentences) == 8 and max(len(sentence.split()) for sentence in sentences) == 80
+    assert reading.read == "selected" and 0 < len(reading.source_ids) <= 200
+    for use in reading.sentences:  # a piece of a line still points at its words in the text
+        assert normalize(transcript[use.start : use.end]) == sentences[use.index]
