@@ -160,7 +160,9 @@ def evaluate(bundle: Bundle, articles: Sequence[str], references: Sequence[str],
         "documents": len(articles),
         "model": rounded(aggregate(model_scores)),  # ROUGE F1 ×100
         "lead3": rounded(aggregate(lead_scores)),
-        "by_source_words": by_source_words(source_words, model_scores, lead_scores),
+        "by_source_words": by_source_words(
+            source_words, model_scores, lead_scores, [summary.read for summary in summaries]
+        ),
         "truncation_rate": round(sum(summary.truncated for summary in summaries) / len(summaries), 4),
         "reads": {read: sum(summary.read == read for summary in summaries) for read in READS},
         "mean_words": {  # whitespace tokens of the normalized text: punctuation counts as a word
@@ -221,8 +223,10 @@ def score(predictions: Sequence[str], references: Sequence[str], description: st
 
 
 def by_source_words(source_words: Sequence[int], model_scores: Sequence[dict[str, float]],
-                    lead_scores: Sequence[dict[str, float]]) -> list[dict[str, Any]]:  # fmt: skip
-    """Model and Lead-3 ROUGE per source-length bucket; None for a bucket without documents."""
+                    lead_scores: Sequence[dict[str, float]], reads: Sequence[str] | None = None
+                    ) -> list[dict[str, Any]]:  # fmt: skip
+    """Model and Lead-3 ROUGE per source-length bucket (None for a bucket without documents),
+    and with ``reads`` how many of its documents were read whole, selected or truncated."""
     buckets = []
     for label, fewest, most in BUCKETS:
         members = [
@@ -238,6 +242,8 @@ def by_source_words(source_words: Sequence[int], model_scores: Sequence[dict[str
                 "lead3": rounded(aggregate([lead_scores[i] for i in members])) if members else None,
             }
         )
+        if reads is not None:
+            buckets[-1]["reads"] = {read: sum(reads[i] == read for i in members) for read in READS}
     return buckets
 
 

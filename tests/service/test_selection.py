@@ -66,9 +66,16 @@ def test_explain_carries_the_selectors_scores(selector_client, client):
     assert client.post("/v1/explain", json={"text": ARTICLE}).json()["selection"] is None
 
 
-def test_the_copy_mask_is_served(selector_client):
-    response = selector_client.post("/v1/summarize", json={"text": LONG, "copy_mask_threshold": 0.5})
-    assert response.status_code == 200 and response.json()["read"] == "selected"
+def test_the_copy_mask_is_served_as_the_pipeline_applies_it(selector_client, selector_bundle):
+    texts = [ARTICLE, LONG]
+    response = selector_client.post("/v1/summarize/batch", json={"texts": texts, "copy_mask_threshold": 0.5})
+    assert response.status_code == 200
+    served = [result["summary"] for result in response.json()["results"]]
+    bundle = load_bundle(selector_bundle)
+    masked = GenerationConfig(beam_size=1, max_length=8, copy_mask_threshold=0.5)
+    assert served == [summary.summary for summary in summarize_texts(bundle, texts, masked)]
+    unmasked = summarize_texts(bundle, texts, GenerationConfig(beam_size=1, max_length=8))
+    assert served != [summary.summary for summary in unmasked]  # the mask changed something
 
 
 def test_without_a_selector_extractive_and_the_copy_mask_are_refused(client):

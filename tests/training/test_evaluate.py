@@ -197,6 +197,7 @@ def test_eval_reads_long_documents_by_the_selector_and_scores_the_extractive_mod
     assert gatesum(*eval_args(bundle, data_file, tmp_path)).code == 0
     report = json.loads((tmp_path / "out" / "report.json").read_text())
     assert report["reads"] == {"whole": 2, "selected": 4, "truncated": 0} and report["truncation_rate"] == 0
+    assert [bucket["reads"]["selected"] for bucket in report["by_source_words"]] == [0, 2, 1, 1]
     assert report["settings"]["mode"] == "abstractive" and report["settings"]["selector"]["cell"] == "lstm"
     result = gatesum(
         *eval_args(bundle, data_file, tmp_path, "--mode", "extractive", "--extract-sentences", "3")
