@@ -174,16 +174,20 @@ class Decoder(nn.Module):
         return output, DecoderState(new_layers, attentional if self.feeds_input else None, coverage)
 
     def forward(
-        self, target_input: Tensor, state: DecoderState, encoded: EncoderOutput, keys: Tensor | None
+        self, target_input: Tensor, state: DecoderState, encoded: EncoderOutput, keys: Tensor | None = None
     ) -> DecoderOutput:
         """Teacher forcing: target_input (B, T) = [BOS, y_1, ..] -> every position's outputs,
-        (B, T, ...), all positions at once where the mode allows (see the module docs)."""
+        (B, T, ...), all positions at once where the mode allows (see the module docs). keys:
+        ``self.keys(encoded)``, or None to leave them to this method (for general attention over
+        all positions at once it then projects the T queries, not the S keys)."""
         if self.config.input_feeding:
             return self.stepped(target_input, state, encoded, keys)
         embedded = self.dropout(self.embedding(target_input))  # (B, T, E)
         top, _ = self.recurrent(embedded, None, stack_layer_states(state.layers))  # s_1..s_T (B, T, H)
         if not self.uses_attention:
             return DecoderOutput(top, None, None, None)
+        if keys is None and self.attention.kind == "mlp":
+            keys = self.keys(encoded)  # (B, S, A)
         coverage = state.coverage  # (B, S) or None
         if coverage is not None and (self.coverage_in_use() or self._trains_w_c()):
             weights, context, coverage = self.attention.with_running_coverage(
@@ -199,9 +203,10 @@ class Decoder(nn.Module):
         return DecoderOutput(attentional, weights, copy_gate, coverage)
 
     def stepped(
-        self, target_input: Tensor, state: DecoderState, encoded: EncoderOutput, keys: Tensor | None
+        self, target_input: Tensor, state: DecoderState, encoded: EncoderOutput, keys: Tensor | None = None
     ) -> DecoderOutput:
         """``forward`` by calling ``step`` once per position: (B, T) -> outputs (B, T, ...)."""
+        keys = self.keys(encoded) if keys is None else keys
         steps = []
         for token in target_input.unbind(1):
             output, state = self.step(token, state, encoded, keys)

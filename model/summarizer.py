@@ -57,7 +57,7 @@ class Summarizer(nn.Module):
         encoded = self.encoder(source, source_lengths)
         track_coverage = weight > 0 or self.decoder.coverage_in_use()
         state = self.decoder.initial_state(encoded, self.bridge(encoded), track_coverage)
-        decoded = self.decoder(target_input, state, encoded, self.decoder.keys(encoded))  # (B, T, ...)
+        decoded = self.decoder(target_input, state, encoded)  # (B, T, ...)
         log_vocab = self.decoder.target_log_probs(decoded.attentional, target_output).float()  # (B, T)
         target_mask = target_output != self.config.pad_id  # (B, T)
         tokens = target_mask.sum().clamp_min(1)

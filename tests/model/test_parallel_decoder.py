@@ -36,15 +36,18 @@ def set_coverage_weight(model: Summarizer, value: float) -> None:
         model.decoder.attention.w_c.fill_(value)
 
 
-def log_probs_both_ways(model: Summarizer, track_coverage: bool) -> tuple[torch.Tensor, ...]:
+def log_probs_both_ways(
+    model: Summarizer, track_coverage: bool, keys_given: bool = True
+) -> tuple[torch.Tensor, ...]:
     """(B, T, V) log-probabilities of the parallel forward and of ``step`` after ``step``,
-    and the coverage before each position of both."""
+    and the coverage before each position of both. Without ``keys_given`` the parallel forward
+    gets no keys, as in training (general attention then projects the queries instead)."""
     source, lengths, target_input, _ = BATCH
     decoder = model.decoder
     encoded = model.encoder(source, lengths)
     state = decoder.initial_state(encoded, model.bridge(encoded), track_coverage)
     keys = decoder.keys(encoded)
-    parallel = decoder(target_input, state, encoded, keys)
+    parallel = decoder(target_input, state, encoded, keys if keys_given else None)
     stepped, coverages = [], []
     for token in target_input.unbind(1):
         output, state = decoder.step(token, state, encoded, keys)
@@ -54,16 +57,17 @@ def log_probs_both_ways(model: Summarizer, track_coverage: bool) -> tuple[torch.
     return decoder.log_probs(parallel, source), torch.stack(stepped, 1), parallel.coverage, coverage
 
 
+@pytest.mark.parametrize("keys", ["given", "left"])
 @pytest.mark.parametrize("grad", [False, True], ids=["no-grad", "grad"])
 @pytest.mark.parametrize("coverage", list(COVERAGE))
 @pytest.mark.parametrize("copy", [True, False], ids=["copy", "no-copy"])
-@pytest.mark.parametrize("attention", ["mlp", "general"])
-def test_parallel_forward_gives_the_distributions_of_stepping(attention, copy, coverage, grad):
-    model = parallel_model(attention=attention, copy=copy)
+@pytest.mark.parametrize("attention", ["mlp", "general", "dot"])
+def test_parallel_forward_gives_the_distributions_of_stepping(attention, copy, coverage, grad, keys):
+    model = parallel_model(attention=attention, copy=copy)  # tiny: encoder 2 × 16 = decoder 32, dot fits
     set_coverage_weight(model, COVERAGE[coverage] or 0.0)
     with torch.set_grad_enabled(grad):
         parallel, stepped, parallel_coverage, stepped_coverage = log_probs_both_ways(
-            model, track_coverage=coverage != "off"
+            model, track_coverage=coverage != "off", keys_given=keys == "given"
         )
     assert parallel.shape == (4, 5, 24)
     torch.testing.assert_close(parallel, stepped, atol=1e-5, rtol=0)
