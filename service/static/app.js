@@ -185,6 +185,8 @@ function drawReading(answer, text) {
     written = sentence.end;
   }
   target.append(piece(written, chars.length, whole ? "" : "unused"));
+  const first = target.querySelector(".used"); // in view: the frame scrolls to the first one used
+  target.scrollTop = first ? Math.max(0, first.offsetTop - target.offsetTop - 24) : 0;
 }
 
 // --- the encoder's memory trace, coloured on a log scale ----------------------------------------
