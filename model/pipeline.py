@@ -38,7 +38,6 @@ from gatesum.model.errors import GatesumError
 from gatesum.model.memory import gate_retention, memory_trace
 from gatesum.model.reading import (
     DEFAULT_MODE,
-    MODES,
     Reading,
     SentenceUse,
     copy_sources,
@@ -49,8 +48,6 @@ from gatesum.model.search import GenerationConfig
 from gatesum.model.selector import token_probabilities
 from gatesum.model.summarizer import Generation, Summarizer
 from gatesum.model.text import detokenize, normalize, source_casing
-
-__all__ = ["MODES", "Pipeline", "SentenceUse", "Summary", "load", "source_max_tokens", "summarize_texts"]
 
 
 @dataclass
