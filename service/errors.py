@@ -7,7 +7,8 @@ understands in ``error`` (``detail`` keeps pydantic's machine-readable items for
     413  the body is over the size limit (``limits.RequestLimitsMiddleware``)
     415  the body is not ``application/json``, or is compressed
     422  the body is not JSON, or a field is missing, of the wrong type or out of bounds, or a
-         text has nothing left once control characters are removed
+         text has nothing left once control characters are removed, or the model has no content
+         selector for the extractive mode or the copy mask asked
     429  the client is over its rate (with Retry-After; ``security.AccessMiddleware``)
     503  the model is loading (with Retry-After) or failed to load, or the queue is full
     504  the request took longer than the service's timeout

@@ -39,7 +39,8 @@ ERRORS: dict[int | str, dict[str, Any]] = {
     415: {"model": ErrorResponse, "description": "the request body is not application/json "
           "(UTF-8), or is compressed"},
     422: {"model": ErrorResponse, "description": "the body is not JSON, or a field is missing, of the "
-          "wrong type or out of bounds, or a text has nothing readable"},
+          "wrong type or out of bounds, or a text has nothing readable, or the model has no content "
+          "selector for the extractive mode or the copy mask asked"},
     429: {"model": ErrorResponse, "description": "the client is over its rate limit (with Retry-After)"},
     503: {"model": ErrorResponse, "description": "the model is loading or failed to load, or the "
           "queue or the server's connections are full (with Retry-After where a retry can succeed)"},
