@@ -43,6 +43,9 @@ DOCUMENT = (
 # issue #16's audit, before continuous batching: 200 requests at concurrency 16, beam 4, max_length 60
 BEFORE = {"batching on": 11.75, "batching off": 3.21, "ratio": 3.66, "p95_ms": 1420.0}
 MAXIMAL = {"beam_size": 16, "max_length": 256, "min_length": 256}  # the schema's bounds
+# the mixed load before the two lanes (commit 790fd85, idle machine, GATESUM_TORCH_THREADS=1,
+# --duration 60 --max-batch-size 32): short requests' p50 / p95
+MIXED_BEFORE = {"short_p50_ms": 1790.0, "short_p95_ms": 2099.0}
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -194,6 +197,8 @@ def _mixed(args: argparse.Namespace) -> dict:
     print(f"{args.duration:.0f} s of mixed load: {len(short)} short requests answered 200, "
           f"p50 {1000 * statistics.median(short):.0f} ms, p95 {1000 * _p95(short):.0f} ms, "
           f"max {1000 * max(short):.0f} ms")  # fmt: skip
+    print(f"  before (one shared row budget, idle machine): p50 {MIXED_BEFORE['short_p50_ms']:.0f} ms, "
+          f"p95 {MIXED_BEFORE['short_p95_ms']:.0f} ms")  # fmt: skip
     for kind, statuses in results["statuses"].items():
         print(
             f"  {kind:>9}: " + ", ".join(f"{count} × {status}" for status, count in sorted(statuses.items()))
@@ -204,6 +209,7 @@ def _mixed(args: argparse.Namespace) -> dict:
     results["short_p50_ms"] = 1000 * statistics.median(short)
     results["short_p95_ms"] = 1000 * _p95(short)
     results["short_latencies"] = [round(1000 * value, 1) for value in short]
+    results["before"] = MIXED_BEFORE
     return results
 
 

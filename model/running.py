@@ -33,7 +33,7 @@ from gatesum.model.encoder import EncoderOutput
 from gatesum.model.search import GenerationConfig, Search, fit_width
 from gatesum.model.summarizer import Summarizer
 
-WIDTH_STEP = 32  # source positions: the tables' width is a multiple of this
+WIDTH_STEP = 8  # source positions: the tables' width is a multiple of this (attention reads it all)
 
 
 @dataclass

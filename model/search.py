@@ -193,16 +193,17 @@ def constrain(
     generated: Tensor | None = None,
     pad: int | None = None,
 ) -> Tensor:
-    """Apply the length limits and n-gram blocking to one step's log_probs (N, V); the ids in
-    ``never`` (PAD, BOS) are never generated. ``generated`` (N,): tokens each row has generated,
-    when rows differ (``Search``); else every row has ``tokens.shape[1]``."""
+    """Apply the length limits and n-gram blocking to one step's log_probs (N, V), in place (a
+    step's log_probs are read once: no (N, V) copy); the ids in ``never`` (PAD, BOS) are never
+    generated. ``generated`` (N,): tokens each row has generated, when rows differ (``Search``);
+    else every row has ``tokens.shape[1]``."""
     generated = tokens.shape[1] if generated is None else generated
     eos_log_prob = log_probs[:, eos].clone()  # (N,) the model's own, kept for rows forced to stop
-    log_probs = log_probs.index_fill(1, torch.tensor(never, device=log_probs.device), NEG_INF)
+    log_probs.index_fill_(1, torch.tensor(never, device=log_probs.device), NEG_INF)
     log_probs[:, eos] = log_probs[:, eos].masked_fill(generated < limits.min_tokens, NEG_INF)
     if config.no_repeat_ngram_size > 0:
         rows, next_tokens = repeated_ngrams(tokens, config.no_repeat_ngram_size, pad)
-        log_probs[rows, next_tokens] = NEG_INF  # log_probs is index_fill's copy already
+        log_probs[rows, next_tokens] = NEG_INF
     # A row that has as many tokens as its source may only end: a summary is never longer.
     at_most = generated >= limits.max_tokens  # (N,)
     if not at_most.any():  # most steps: no (N, V) pass for it
@@ -295,7 +296,8 @@ class Search:
 
     def advance(self, log_probs: Tensor, attention: Tensor | None) -> Tensor:
         """One step: log_probs (N, V) and attention (N, S) of every row -> the rows (N,) whose
-        state each row continues (beam search reorders; greedy keeps them)."""
+        state each row continues (beam search reorders; greedy keeps them). Writes into
+        ``log_probs`` (the constraints)."""
         generated = self.steps.repeat_interleave(self.K)  # (N,)
         never = (self.pad, self.bos)
         log_probs = constrain(log_probs, self.tokens, self.config, self.limits, self.eos, never, generated,
@@ -318,25 +320,31 @@ class Search:
         return torch.arange(best.shape[0], device=self.device)
 
     def _beam(self, log_probs: Tensor, attention: Tensor | None) -> Tensor:
-        """Keep the K best extensions of each example's K hypotheses (GNMT length penalty)."""
+        """Keep the K best extensions of each example's K hypotheses (GNMT length penalty).
+
+        A hypothesis contributes at most K of its example's K survivors, and within one row the
+        rank follows the log-probability (its score and length penalty are the row's own), so the
+        K best of each row (N, K) hold the survivors: the ranking then reads K·K candidates per
+        example, not K·V."""
         K, config = self.K, self.config
-        E, V = self.examples, log_probs.shape[1]
-        N = E * K
-        finished = self.finished
+        E, N = self.examples, self.rows
+        finished = self.finished.view(N)
+        top_log_probs, top_tokens = log_probs.topk(K, dim=1)  # (N, K)
         if finished.any():  # a finished hypothesis continues only with PAD, at no cost
-            pad_only = torch.full_like(log_probs[:1], NEG_INF)
-            pad_only[0, self.pad] = 0.0
-            log_probs = torch.where(finished.view(N, 1), pad_only, log_probs)
-        candidates = self.scores.view(N, 1) + log_probs  # (N, V)
-        candidate_lengths = (self.lengths + (~finished).long()).view(N, 1)  # (N, 1)
+            pad_only = torch.full_like(top_log_probs[:1], NEG_INF)
+            pad_only[0, 0] = 0.0
+            top_log_probs = torch.where(finished.unsqueeze(1), pad_only, top_log_probs)
+            top_tokens = top_tokens.masked_fill(finished.unsqueeze(1), self.pad)
+        candidates = self.scores.view(N, 1) + top_log_probs  # (N, K)
+        candidate_lengths = (self.lengths + (~self.finished).long()).view(N, 1)  # (N, 1)
         ranked = candidates / length_penalty(candidate_lengths, config.length_penalty)
-        _, best = ranked.view(E, K * V).topk(K, dim=1)  # (E, K)
+        _, best = ranked.view(E, K * K).topk(K, dim=1)  # (E, K) among each example's K·K candidates
         example_start = (torch.arange(E, device=self.device) * K).unsqueeze(1)  # (E, 1)
-        rows = (example_start + best // V).view(N)  # which hypothesis each survivor extends
-        new_tokens = (best % V).view(N)
-        self.scores = candidates.view(E, K * V).gather(1, best)
+        rows = (example_start + best // K).view(N)  # which hypothesis each survivor extends
+        new_tokens = top_tokens.view(E, K * K).gather(1, best).view(N)
+        self.scores = candidates.view(E, K * K).gather(1, best)
         self.lengths = candidate_lengths.view(N)[rows].view(E, K)
-        was_finished = finished.view(N)[rows]  # (N,) ended before this step: this step's token is PAD
+        was_finished = finished[rows]  # (N,) ended before this step: this step's token is PAD
         self.finished = was_finished.view(E, K) | (new_tokens == self.eos).view(E, K)
         self.tokens = torch.cat([self.tokens[rows], new_tokens.unsqueeze(1)], 1)
         if attention is not None and (config.coverage_penalty > 0 or self.return_attention):

@@ -3,14 +3,24 @@ admission bounded by cost and cancellation (issue #16).
 
     request ─► admission (estimated cost; refused at once: 429 over a share, 503 past the timeout)
             ─► waiting examples (one per text) ─► scheduler thread, every iteration:
-                   drop what was cancelled (timeout, client gone) · admit waiting examples,
-                   fewest rows first, up to the row budget (tokenize and encode a bounded amount)
-                   · one decoder step for every running row · deliver what finished
+                   drop what was cancelled (timeout, client gone)
+                   · short lane: admit waiting examples (cheapest request first, one encoder call
+                     per search setting), one decoder step for its rows
+                   · long lane, on its turn: the same for texts of more than ``long_source`` tokens
+                   · deliver what finished
 
 As LLM servers do it (Orca, Yu et al. 2022; vLLM): a request joins the running batch at the next
 step boundary and leaves it at its own last token, so a short request beside a long one waits
-one step, not the long one's whole decode. One request holds at most ``request_share`` of the
-running batch, so that others always find room.
+one step, not the long one's whole decode. One request holds at most ``request_share`` of its
+lane's batch, so that others always find room.
+
+Two lanes, each its own running batch within the row and text budgets (``max_batch_rows``,
+``max_batch_size``): short sources and long ones (``Engine.long_source``). A short request
+therefore never waits for rows that long requests hold, and while short work runs, the long
+lane's prefill (tokenizing, encoding) and steps get at most ``LONG_SHARE`` of the model time
+(deficit round robin on measured seconds; Sarathi-Serve bounds a decode iteration's prefill the
+same way): a short request's steps come at most 1 / (1 − ``LONG_SHARE``) times slower beside the
+largest requests than alone. With no short work, the long lane runs every iteration.
 
 Cost of one text, in seconds of model time at full batch: K · L · (α + β · S) + γ · chars, for
 beam K, at most L = min(max_length, S) + 1 steps, S source tokens (guessed from the characters
@@ -39,6 +49,9 @@ from gatesum.service.metrics import Metrics
 log = logging.getLogger("gatesum.service")
 CHARS_PER_TOKEN = 4.0  # a guess of S before tokenizing (English, our vocabulary: ~4.5)
 HEADROOM = 0.9  # admit what is estimated to finish within this part of the request timeout
+SHORT, LONG = 0, 1  # the lanes: sources of at most / more than ``Engine.long_source`` tokens
+LONG_SHARE = 0.25  # the most model time the long lane takes while short work runs
+LONG_CREDIT_S = 0.5  # the most model time the long lane may bank while it cannot use it
 
 
 class QueueFull(Exception):
@@ -79,7 +92,8 @@ class Example:
     rows: int  # K: beams
     tokens: int  # S: source tokens read (a guess until prepared)
     prepared: Any = None  # what the engine made of the text (token ids...), None until then
-    admitted_at: int | None = None  # the scheduler's iteration when it joined the batch
+    lane: int = SHORT  # set when it joins the batch: LONG past ``Engine.long_source`` tokens
+    admitted_at: int | None = None  # its lane's steps run when it joined the batch
     done: bool = False
 
 
@@ -102,22 +116,29 @@ class Request:
 
 
 class Engine(Protocol):
-    """The model side of the scheduler; every method runs on the scheduler thread."""
+    """The model side of the scheduler: one running batch per lane; every method runs on the
+    scheduler thread."""
 
     source_limit: int  # the most source tokens the model reads of a text
+    long_source: int  # texts of more source tokens decode in the LONG lane
     cost: StepCost
 
     @property
-    def rows(self) -> int: ...
+    def rows(self) -> int:
+        """Rows in every lane's batch."""
+
+    def lane_rows(self, lane: int) -> int: ...
 
     def prepare(self, example: Example) -> int:
         """Tokenize ``example.text`` into ``example.prepared``; returns the tokens read (S)."""
 
     def admit(self, examples: list[Example]) -> None:
-        """Encode these prepared examples of one request and add them to the running batch."""
+        """Encode these prepared examples (one search setting, one ``lane``) and add them to
+        their lane's running batch."""
 
-    def step(self) -> list[tuple[Example, Any, int]]:
-        """One decoder step; the examples it finished, each with its result and steps taken."""
+    def step(self, lane: int) -> list[tuple[Example, Any, int]]:
+        """One decoder step of ``lane``'s batch; the examples it finished, each with its result
+        and steps taken."""
 
     def cancel(self, examples: list[Example]) -> None:
         """Drop these running examples now."""
@@ -129,7 +150,9 @@ class ContinuousBatcher:
         self.settings = settings
         self.metrics = metrics
         self.engine: Engine | None = None
-        self.iterations = 0  # decoder steps run; read by tests and the benchmark
+        self.iterations = 0  # scheduler iterations that ran a decoder step; read by tests
+        self.lane_steps = [0, 0]  # decoder steps run per lane (SHORT, LONG)
+        self.long_debt = 0.0  # seconds of model time the long lane has taken beyond its share
         self.fill = 1.0  # running average: steps texts take / their bound L
         self.slowdown = 1.0  # running average: measured step time / the cost model's
         self._lock = threading.Lock()
@@ -225,7 +248,7 @@ class ContinuousBatcher:
                 continue
             steps = self.fill * self._bound(example)
             if example.admitted_at is not None:
-                steps = max(0.0, steps - (self.iterations - example.admitted_at))
+                steps = max(0.0, steps - (self.lane_steps[example.lane] - example.admitted_at))
             else:
                 seconds += cost.per_char * len(example.text)
             seconds += example.rows * steps * (cost.per_row + cost.per_row_token * example.tokens)
@@ -245,11 +268,42 @@ class ContinuousBatcher:
             try:
                 if dropped:
                     self.engine.cancel(dropped)
-                self._admit()
-                self._step()
+                self._iterate()
             except Exception as error:  # the model failed: its requests get a 500, serving goes on
                 log.exception("the model failed; its requests are answered with an error")
                 self._fail_running(error)
+
+    def _iterate(self) -> None:
+        """The short lane's admissions and step, then the long lane's on its turn: while both
+        lanes have work, the long one takes at most ``LONG_SHARE`` of the seconds they spend."""
+        long_turn = self.long_debt <= 0 or not self._has_work(SHORT)
+        stepped = False
+        for lane in (SHORT, LONG) if long_turn else (SHORT,):
+            started = time.perf_counter()
+            self._admit(lane)
+            stepped = self._step(lane) or stepped
+            seconds = time.perf_counter() - started
+            if lane == LONG:
+                self.long_debt += seconds
+            else:
+                self.long_debt -= seconds * LONG_SHARE / (1 - LONG_SHARE)
+        if not (self._has_work(SHORT) and self._has_work(LONG)):
+            self.long_debt = 0.0  # the share applies while both lanes have work, nothing is banked
+        self.long_debt = max(self.long_debt, -LONG_CREDIT_S)
+        self.iterations += stepped
+
+    def _has_work(self, lane: int) -> bool:
+        """Whether ``lane`` has rows in its batch or examples waiting to join it."""
+        if self.engine.lane_rows(lane):
+            return True
+        with self._lock:
+            requests = [request for request in self._requests if not request.cancelled]
+        return any(self._next_waiting(request, lane) is not None for request in requests)
+
+    def _lane(self, example: Example) -> int:
+        """LONG for a text of more than the engine's ``long_source`` tokens (read, or guessed
+        from its characters until it is tokenized)."""
+        return LONG if example.tokens > self.engine.long_source else SHORT
 
     def _ready(self) -> bool:
         """Whether an iteration has something to do now."""
@@ -286,25 +340,27 @@ class ContinuousBatcher:
             request.loop.call_soon_threadsafe(request.future.cancel)
         return running
 
-    def _admit(self) -> None:
-        """Move waiting examples into the batch: the request holding the fewest rows first,
-        within the row and text budgets, one request's share, and the tokenize/encode budgets."""
+    def _admit(self, lane: int) -> None:
+        """Move ``lane``'s waiting examples into its batch: the request holding the fewest rows
+        first, within the lane's row and text budgets, one request's share, and the tokenize and
+        encode budgets; the examples of one search setting are encoded in one call."""
         settings, engine = self.settings, self.engine
         with self._lock:
             requests = [request for request in self._requests if not request.cancelled]
-        rows = engine.rows
-        texts = len(self._running)
-        held = {request: [0, 0] for request in requests}  # rows, texts in the batch
-        for example in self._running:
+        rows = engine.lane_rows(lane)
+        running = [example for example in self._running if example.lane == lane]
+        texts = len(running)
+        held = {request: [0, 0] for request in requests}  # rows, texts in the lane's batch
+        for example in running:
             if example.request in held:
                 held[example.request][0] += example.rows
                 held[example.request][1] += 1
         chars = tokens = 0
-        chosen: dict[Request, list[Example]] = {}
-        candidates = [request for request in requests if self._next_waiting(request) is not None]
+        chosen: dict[Any, list[Example]] = {}  # search setting (request.key) -> examples
+        candidates = [request for request in requests if self._next_waiting(request, lane) is not None]
         while candidates and texts < settings.max_batch_size:
             request = min(candidates, key=lambda r: (held[r][0], r.arrived))
-            example = self._next_waiting(request)
+            example = self._next_waiting(request, lane)
             if example is None or not self._fits(example, held[request], rows):
                 candidates.remove(request)
                 continue
@@ -316,23 +372,29 @@ class ContinuousBatcher:
                     example.tokens = engine.prepare(example)
                 except Exception as error:  # this request's text failed to tokenize: a 500 for it alone
                     log.exception("tokenizing a request failed")
-                    chosen.pop(request, None)
+                    for examples in chosen.values():
+                        examples[:] = [other for other in examples if other.request is not request]
                     candidates.remove(request)
-                    self._finish(request, error)
+                    self._fail(request, error)
                     continue
+                if self._lane(example) != lane:
+                    continue  # its guessed length was wrong: it joins on its own lane's turn
             tokens += example.tokens
-            example.admitted_at = self.iterations
-            chosen.setdefault(request, []).append(example)
+            example.lane, example.admitted_at = lane, self.lane_steps[lane]
+            chosen.setdefault(request.key, []).append(example)
             held[request][0] += example.rows
             held[request][1] += 1
             rows += example.rows
             texts += 1
-        for request, examples in chosen.items():
+        for examples in chosen.values():
+            if not examples:
+                continue
             try:
                 engine.admit(examples)
-            except Exception as error:  # this request's texts failed to encode: a 500 for it alone
+            except Exception as error:  # these texts failed to encode: a 500 for their requests alone
                 log.exception("encoding a request failed")
-                self._finish(request, error)
+                for request in dict.fromkeys(example.request for example in examples):
+                    self._fail(request, error)
                 continue
             for example in examples:
                 self._running[example] = None
@@ -350,29 +412,30 @@ class ContinuousBatcher:
         share_texts = settings.request_share * settings.max_batch_size
         return held[0] + example.rows <= share_rows and held[1] + 1 <= max(1, share_texts)
 
-    @staticmethod
-    def _next_waiting(request: Request) -> Example | None:
+    def _next_waiting(self, request: Request, lane: int) -> Example | None:
         for example in request.examples:
-            if example.admitted_at is None and not example.done:
+            if example.admitted_at is None and not example.done and self._lane(example) == lane:
                 return example
         return None
 
-    def _step(self) -> None:
+    def _step(self, lane: int) -> bool:
+        """One decoder step of ``lane``'s batch, if it has rows; delivers what finished."""
         engine = self.engine
-        if not engine.rows:
-            return
+        if not engine.lane_rows(lane):
+            return False
+        running = [example for example in self._running if example.lane == lane]
         predicted = sum(example.rows * (engine.cost.per_row + engine.cost.per_row_token * example.tokens)
-                        for example in self._running)  # fmt: skip
+                        for example in running)  # fmt: skip
         started = time.perf_counter()
-        finished = engine.step()
+        finished = engine.step(lane)
         seconds = time.perf_counter() - started
-        self.iterations += 1
-        if engine.rows + len(finished) >= self.settings.max_batch_rows // 4 and predicted > 0:
+        self.lane_steps[lane] += 1
+        if engine.lane_rows(lane) + len(finished) >= self.settings.max_batch_rows // 4 and predicted > 0:
             # the machine's speed now, measured where batching is effective (slow steps of a
             # near-empty batch would make admission too careful for the next burst)
             self.slowdown = 0.9 * self.slowdown + 0.1 * min(20.0, max(0.2, seconds / predicted))
         if self.metrics is not None:
-            self.metrics.observe_model_call(len(self._running), seconds)
+            self.metrics.observe_model_call(len(running), seconds)
             self.metrics.model_seconds.inc(seconds)
         for example, result, steps in finished:
             self.fill = 0.95 * self.fill + 0.05 * min(1.0, steps / self._bound(example))
@@ -387,6 +450,7 @@ class ContinuousBatcher:
         if self.metrics is not None:
             self.metrics.running_rows.set(engine.rows)
             self.metrics.queue_depth.set(self.depth)
+        return True
 
     def _finish(self, request: Request, outcome: Any) -> None:
         with self._lock:
@@ -396,6 +460,13 @@ class ContinuousBatcher:
                 example.done = True
                 self._running.pop(example, None)
         _resolve(request, outcome)
+
+    def _fail(self, request: Request, error: Exception) -> None:
+        """``request`` fails alone: its examples already in the batch leave it, it gets ``error``."""
+        running = [example for example in request.examples if example in self._running]
+        if running:
+            self.engine.cancel(running)
+        self._finish(request, error)
 
     def _fail_running(self, error: Exception) -> None:
         """After a failed step: every request in the batch gets ``error``; the batch is emptied."""

@@ -37,8 +37,7 @@ LOADING = "loading"  # the reason /readyz gives while the model loads
 # The HTTP request being served: the ReadyService dependency records it, so that ``summarize``
 # can tell who asks (the client's share) and notice a client that hangs up.
 HTTP_REQUEST: ContextVar[Request | None] = ContextVar("gatesum_http_request", default=None)
-WIDE_SOURCE = 128  # source tokens: longer texts decode in a running batch of their own
-WIDE_EVERY = 2  # iterations per step of the long texts' batch while short texts run
+LONG_SOURCE = 128  # source tokens: longer texts decode in the batcher's long lane
 
 
 @dataclass(frozen=True)
@@ -171,26 +170,27 @@ class ModelService:
 
 class ServiceEngine:
     """The model side of the continuous batcher (service/batching.py ``Engine``): tokenizing,
-    the running batches of model/running.py and the summaries; runs on the scheduler thread.
-
-    Texts of more than ``WIDE_SOURCE`` tokens decode in a running batch of their own, so that
-    the attention of short texts does not read the long ones' padding; while short texts run,
-    the long ones step every ``WIDE_EVERY``-th iteration (weighted round robin), so that a short
-    request's steps stay about one narrow step long beside the longest requests."""
+    one running batch of model/running.py per lane and the summaries; runs on the scheduler
+    thread. Texts of more than ``LONG_SOURCE`` tokens decode in a batch of their own (the long
+    lane), so that the attention of short texts does not read the long ones' padding; the
+    batcher decides when each lane steps."""
 
     def __init__(self, bundle: Bundle, settings: Settings) -> None:
         self.bundle = bundle
-        self.batches = (RunningBatch(bundle.model), RunningBatch(bundle.model))  # narrow, wide
-        self.iterations = 0
+        self.batches = (RunningBatch(bundle.model), RunningBatch(bundle.model))  # short, long lane
         self.source_limit = source_max_tokens(bundle)
+        self.long_source = LONG_SOURCE
         self.gates: dict[Example, dict | None] = {}  # explain: each text's top forward encoder gates
-        self.extracted: list[Example] = []  # extractive summaries read, answered at the next step
+        self.extracted: list[Example] = []  # extractive summaries read, answered at their lane's step
         self.cost = calibrate(bundle, settings)
 
     @property
     def rows(self) -> int:
-        """Decoder rows running, and the extractive summaries waiting to be answered."""
+        """Rows of both lanes, and the extractive summaries waiting to be answered."""
         return sum(batch.rows for batch in self.batches) + len(self.extracted)
+
+    def lane_rows(self, lane: int) -> int:
+        return self.batches[lane].rows + sum(example.lane == lane for example in self.extracted)
 
     def prepare(self, example: Example) -> int:
         """Read the text (model/reading.py; the selector scores a long one whole): the source
@@ -204,33 +204,20 @@ class ServiceEngine:
 
     def admit(self, examples: list[Example]) -> None:
         key: BatchKey = examples[0].request.key
-        if key.mode == "extractive":  # done once read: answered at the next step
+        if key.mode == "extractive":  # done once read: answered at the lane's next step
             self.extracted.extend(examples)
             return
-        for wide in (False, True):
-            chosen = [
-                example for example in examples if (len(example.prepared.source_ids) > WIDE_SOURCE) == wide
-            ]
-            if not chosen:
-                continue
-            readings: list[Reading] = [example.prepared for example in chosen]
-            sources = [reading.source_ids for reading in readings]
-            masked = copy_sources(
-                readings, key.generation.copy_mask_threshold, self.bundle.model.config.pad_id
-            )
-            gates = self.batches[wide].admit(sources, key.generation, chosen, key.explain, masked)
-            for position, example in enumerate(chosen):
-                self.gates[example] = top_forward_gates(gates, self.bundle, position, len(sources[position]))
+        readings: list[Reading] = [example.prepared for example in examples]
+        sources = [reading.source_ids for reading in readings]
+        masked = copy_sources(readings, key.generation.copy_mask_threshold, self.bundle.model.config.pad_id)
+        gates = self.batches[examples[0].lane].admit(sources, key.generation, examples, key.explain, masked)
+        for position, example in enumerate(examples):
+            self.gates[example] = top_forward_gates(gates, self.bundle, position, len(sources[position]))
 
-    def step(self) -> list[tuple[Example, Summary, int]]:
-        narrow, wide = self.batches
-        self.iterations += 1
-        finished = [self._extracted(example) for example in self.extracted]
-        self.extracted = []
-        stepped = [narrow.step()]
-        if not narrow.rows or self.iterations % WIDE_EVERY == 0:
-            stepped.append(wide.step())
-        for decoded in (item for items in stepped for item in items):
+    def step(self, lane: int) -> list[tuple[Example, Summary, int]]:
+        finished = [self._extracted(example) for example in self.extracted if example.lane == lane]
+        self.extracted = [example for example in self.extracted if example.lane != lane]
+        for decoded in self.batches[lane].step():
             example: Example = decoded.handle
             summary = build_summary(self.bundle, example.text, example.prepared, decoded.tokens,
                                     example.request.key.explain, decoded.attention,

@@ -322,3 +322,38 @@ def test_a_cancelled_example_leaves_the_others_untouched(tiny_bundle):
     for i in (0, 2, 3):
         [want] = summarize_texts(bundle, [texts[i]], configs[i])
         assert decoded[i].tokens == want.token_ids
+
+
+def test_beam_keeps_the_best_of_all_k_times_v_extensions():
+    """The beam ranks each hypothesis's K best tokens only (K·K per example): it must keep what
+    ranking every one of the K·V extensions keeps, finished hypotheses (PAD at no cost) included."""
+    from gatesum.model.search import NEG_INF, Search, length_penalty
+
+    E, K, vocab = 3, 4, 50
+    config = GenerationConfig(beam_size=K, max_length=20, no_repeat_ngram_size=0, length_penalty=0.7)
+    search = Search(config, BOS, EOS, PAD, CPU)
+    search.add(E)
+    generator = torch.Generator().manual_seed(0)
+    finished_seen = 0
+    for _ in range(12):
+        N = search.rows
+        log_probs = torch.log_softmax(torch.randn(N, vocab, generator=generator) * 2, -1)
+        log_probs[:, (PAD, BOS)] = NEG_INF  # what the constraints do first (min_length 0: EOS stays)
+        # the definition: the K best of the K·V extensions of each example
+        extended = log_probs.clone()
+        finished = search.finished.view(N)
+        extended[finished] = NEG_INF
+        extended[finished, PAD] = 0.0
+        candidates = search.scores.view(N, 1) + extended
+        lengths = (search.lengths + (~search.finished).long()).view(N, 1)
+        ranked = candidates / length_penalty(lengths, config.length_penalty)
+        _, best = ranked.view(E, K * vocab).topk(K, dim=1)
+        expected_rows = (torch.arange(E).unsqueeze(1) * K + best // vocab).view(N)
+        expected_tokens = (best % vocab).view(N)
+        finished_seen += int(finished.sum())
+
+        rows = search.advance(log_probs, None)
+        assert torch.equal(rows, expected_rows)
+        assert torch.equal(search.last, expected_tokens)
+        assert torch.equal(search.scores, candidates.view(E, K * vocab).gather(1, best))
+    assert finished_seen > 0  # the PAD continuation of finished hypotheses was exercised

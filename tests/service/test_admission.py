@@ -139,7 +139,7 @@ def test_a_client_that_hangs_up_stops_its_work(tiny_bundle: Path) -> None:
     with live(settings) as (url, app):
         batcher = app.state.service.batcher
         engine_step = batcher.engine.step
-        batcher.engine.step = lambda: time.sleep(0.02) or engine_step()  # ≥ 200 steps: ≥ 4 s
+        batcher.engine.step = lambda lane: time.sleep(0.02) or engine_step(lane)  # ≥ 200 steps: ≥ 4 s
         body = json.dumps({"text": ARTICLE * 4, "min_length": 200}).encode()
         port = int(url.rsplit(":", 1)[1])
         with socket.create_connection(("127.0.0.1", port)) as hang_up:

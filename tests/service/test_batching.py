@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from gatesum.model.search import GenerationConfig
-from gatesum.service.batching import ContinuousBatcher, Example, QueueFull, StepCost
+from gatesum.service.batching import LONG, SHORT, ContinuousBatcher, Example, QueueFull, StepCost
 from gatesum.service.metrics import Metrics
 from gatesum.service.settings import Settings
 from gatesum.service.state import BatchKey
@@ -24,33 +24,48 @@ CHEAP = StepCost(per_row=1e-4, per_row_token=0.0, per_char=0.0)
 
 
 class FakeEngine:
-    """Each text decodes for len(text) steps into text.upper(); ``boom`` fails the step."""
+    """Each text decodes for len(text) steps into text.upper(); ``boom`` fails the step. Texts
+    of more than ``long_source`` characters run in the long lane."""
 
     source_limit = 1000
 
-    def __init__(self, cost: StepCost = CHEAP, step_seconds: float = 0.0) -> None:
-        self.cost, self.step_seconds = cost, step_seconds
+    def __init__(self, cost: StepCost = CHEAP, step_seconds: float = 0.0, long_source: int = 1000,
+                 long_step_seconds: float | None = None, prepare_seconds: float = 0.0) -> None:  # fmt: skip
+        self.cost, self.long_source = cost, long_source
+        self.step_seconds = (step_seconds, step_seconds if long_step_seconds is None else long_step_seconds)
+        self.prepare_seconds = prepare_seconds  # to tokenize a text of the long lane
         self.running: dict[Example, int] = {}
-        self.batches: list[list[str]] = []  # the texts in the batch at every step
+        self.batches: list[list[str]] = []  # the texts in the stepped lane's batch at every step
+        self.admitted: list[list[str]] = []  # the texts of every admit call
+        self.log: list[tuple[str, int]] = []  # ("admit" | "step", lane), in order
 
     @property
     def rows(self) -> int:
         return sum(example.rows for example in self.running)
 
+    def lane_rows(self, lane: int) -> int:
+        return sum(example.rows for example in self.running if example.lane == lane)
+
     def prepare(self, example: Example) -> int:
+        if len(example.text) > self.long_source:
+            time.sleep(self.prepare_seconds)
         example.prepared = example.text
         return len(example.text)
 
     def admit(self, examples: list[Example]) -> None:
+        self.log.append(("admit", examples[0].lane))
+        self.admitted.append([example.text for example in examples])
         self.running.update((example, 0) for example in examples)
 
-    def step(self) -> list[tuple[Example, str, int]]:
-        time.sleep(self.step_seconds)
-        self.batches.append(sorted(example.text for example in self.running))
-        if any(example.text == "boom" for example in self.running):
+    def step(self, lane: int) -> list[tuple[Example, str, int]]:
+        time.sleep(self.step_seconds[lane])
+        self.log.append(("step", lane))
+        running = [example for example in self.running if example.lane == lane]
+        self.batches.append(sorted(example.text for example in running))
+        if any(example.text == "boom" for example in running):
             raise RuntimeError("model exploded")
         finished = []
-        for example in list(self.running):
+        for example in running:
             self.running[example] += 1
             if self.running[example] >= len(example.text):
                 finished.append((example, example.text.upper(), self.running.pop(example)))
@@ -90,6 +105,100 @@ def test_a_short_request_joins_a_long_one_and_leaves_before_it() -> None:
 
     asyncio.run(scenario())
     assert ["abc", "x" * 200] in engine.batches  # one step ran both
+
+
+def test_a_short_request_does_not_wait_for_rows_that_long_ones_hold() -> None:
+    """Long texts fill their lane's whole row budget for 400 steps; a short request still joins
+    at the next step boundary, in its own lane."""
+    engine = FakeEngine(step_seconds=0.001, long_source=50)
+
+    async def scenario() -> None:
+        batcher = make_batcher(engine, max_batch_rows=2, request_share=1.0)
+        long = asyncio.ensure_future(results(batcher, ["x" * 400, "y" * 400]))
+        while engine.lane_rows(LONG) < 2:
+            await asyncio.sleep(0.001)
+        joined = batcher.lane_steps[SHORT]
+        assert await results(batcher, ["abc"]) == ["ABC"]
+        assert batcher.lane_steps[SHORT] - joined == 3  # its own 3 steps, no wait for rows
+        assert not long.done()
+        assert await long == ["X" * 400, "Y" * 400]
+        await batcher.stop()
+
+    asyncio.run(scenario())
+
+
+def long_steps_while_short_runs(log: list[tuple[str, int]], short_steps: int) -> int:
+    """In the engine's log: the long lane's steps from the first short admission to the
+    ``short_steps``-th short step after it."""
+    start = log.index(("admit", SHORT))
+    ends = [i for i, entry in enumerate(log) if i > start and entry == ("step", SHORT)]
+    return log[start : ends[short_steps - 1]].count(("step", LONG))
+
+
+def test_the_long_lane_takes_at_most_its_share_while_short_work_runs() -> None:
+    """A long step costs 10 short ones: stepped at every iteration, it would make a short
+    request ~11 times slower; within LONG_SHARE (1/4) of the time it steps about once per 30
+    short steps (2 here, ≤ 10 on a machine where sleeps overshoot)."""
+    engine = FakeEngine(step_seconds=0.002, long_step_seconds=0.02, long_source=80)
+
+    async def scenario() -> None:
+        batcher = make_batcher(engine)
+        long = asyncio.ensure_future(results(batcher, ["x" * 400]))
+        while not engine.lane_rows(LONG):
+            await asyncio.sleep(0.001)
+        assert await results(batcher, ["s" * 60]) == ["S" * 60]
+        long.cancel()
+        await batcher.stop()
+
+    asyncio.run(scenario())
+    assert long_steps_while_short_runs(engine.log, 60) <= 10
+
+
+def test_short_requests_make_progress_while_long_texts_are_prepared() -> None:
+    """Eight long texts take 30 ms each to tokenize (one per long turn, prepare_chars); a short
+    request sent beside them runs its 20 steps while at most a few of them are prepared, and
+    the long request is not starved: it is answered in full."""
+    engine = FakeEngine(step_seconds=0.002, long_source=50, prepare_seconds=0.03)
+    texts = [f"{i}" * 400 for i in range(8)]  # long by their characters already (~100 tokens)
+
+    async def scenario() -> None:
+        batcher = make_batcher(engine, prepare_chars=100)
+        long = asyncio.ensure_future(results(batcher, texts))
+        while not engine.lane_rows(LONG):
+            await asyncio.sleep(0.001)
+        assert await results(batcher, ["s" * 20]) == ["S" * 20]
+        assert engine.log.count(("admit", LONG)) < 8, engine.log
+        assert await long == [text.upper() for text in texts]
+        await batcher.stop()
+
+    asyncio.run(scenario())
+    start = engine.log.index(("admit", SHORT))
+    end = [i for i, entry in enumerate(engine.log) if entry == ("step", SHORT)][19]
+    assert engine.log[start:end].count(("admit", LONG)) <= 3  # a long prepare costs 45 short steps
+
+
+def test_waiting_requests_of_one_setting_are_encoded_together() -> None:
+    engine = FakeEngine()
+
+    async def scenario() -> None:
+        batcher = make_batcher(engine, max_wait_ms=300)  # time for all of them to arrive
+        other = BatchKey(GenerationConfig(beam_size=2, max_length=256), explain=False)
+        requests = [batcher.submit([f"t{i}"], GREEDY) for i in range(5)] + [batcher.submit(["u"], other)]
+        assert [await request.future for request in requests] == [
+            ["T0"],
+            ["T1"],
+            ["T2"],
+            ["T3"],
+            ["T4"],
+            ["U"],
+        ]
+        await batcher.stop()
+
+    asyncio.run(scenario())
+    assert sorted(map(sorted, engine.admitted)) == [
+        ["t0", "t1", "t2", "t3", "t4"],
+        ["u"],
+    ]  # one call per setting
 
 
 def test_one_request_holds_at_most_its_share_of_the_batch() -> None:
@@ -187,7 +296,7 @@ def test_a_request_past_the_timeout_is_504_and_its_work_stops(tiny_bundle: Path)
     with serving(make_settings(tiny_bundle, request_timeout_s=0.5, max_length=200)) as client:
         batcher = client.app.state.service.batcher
         engine_step = batcher.engine.step
-        batcher.engine.step = lambda: time.sleep(0.05) or engine_step()  # 200 steps: ~10 s
+        batcher.engine.step = lambda lane: time.sleep(0.05) or engine_step(lane)  # 200 steps: ~10 s
         response = client.post("/v1/summarize", json={"text": ARTICLE * 4, "min_length": 200})
         assert response.status_code == 504 and "timed out after 0.5 s" in response.json()["error"]
         deadline = time.monotonic() + 2
