@@ -132,6 +132,7 @@ class _server:
             except httpx.HTTPError:
                 pass
             time.sleep(0.2)
+        self.__exit__()  # not left running behind the error
         raise RuntimeError("the server was not ready within 300 s")
 
     def rss_mb(self) -> float:
