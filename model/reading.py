@@ -15,6 +15,10 @@ Every reading names the sentences it used (indices into the document's sentences
 character offsets in the text as given and, when the selector ran, their scores), so that a
 caller can show where a summary came from. The selector's probabilities of the tokens the
 summarizer reads also feed the bottom-up copy mask (``copy_sources``; Gehrmann et al. 2018).
+
+``read_documents`` reads texts at once; ``DocumentReader`` reads one text the same way in
+pieces (tokenizing, then a stretch of the selector's pass at a time), for a scheduler that must
+keep other work moving beside a 100,000-character document (the service, issue #16).
 """
 
 from __future__ import annotations
@@ -37,6 +41,7 @@ from gatesum.model.selector import (
     split_sentences,
     token_probabilities_batch,
 )
+from gatesum.model.selector_pass import DEFAULT_STEPS, SelectorPass
 from gatesum.model.text import CHARACTER_MAP, normalize
 
 MODES = ("abstractive", "extractive")
@@ -101,32 +106,79 @@ def read_documents(
     batch_size: int = 16,
 ) -> list[Reading]:
     """How each text is read (see the module docs). The selector runs, over each whole
-    document, where it changes something: extractive mode, the copy mask, or a document longer
-    than the window; the tokens of a text are exactly ``tokenizer.encode(normalize(text))``."""
+    document, where it changes something (``needs_selector``); the tokens of a text are exactly
+    ``tokenizer.encode(normalize(text))``."""
     check_mode(bundle, mode, copy_mask_threshold)
-    limit = source_max_tokens(bundle)
     documents = [document_sentences(bundle, text) for text in texts]
     probabilities: list[Tensor | None] = [None] * len(documents)
     if bundle.selector is not None:
         wanted = [i for i, (_, ids, _) in enumerate(documents)
-                  if mode == "extractive" or copy_mask_threshold > 0 or len(ids) > limit]  # fmt: skip
+                  if needs_selector(bundle, len(ids), mode, copy_mask_threshold)]  # fmt: skip
         scored = token_probabilities_batch(bundle.selector, [documents[i][1] for i in wanted], batch_size)
         for index, values in zip(wanted, scored, strict=True):
             probabilities[index] = values
-    readings = []
-    for text, (sentences, ids, spans), values in zip(texts, documents, probabilities, strict=True):
-        scores = sentence_scores(values, spans) if values is not None else None
-        if mode == "extractive":
-            reading = _extract(sentences, ids, values, scores, extract_sentences)
-        else:
-            reading = _abstractive(ids, spans, values, scores, limit)
-        last = reading.sentences[-1].index + 1 if reading.sentences else 0
-        offsets = sentence_offsets(text, sentences[:last])  # consecutive: up to the last one used
-        for use in reading.sentences:
-            use.start, use.end = offsets[use.index]
-        reading.sentence_count = len(sentences)
-        readings.append(reading)
-    return readings
+    return [_reading(bundle, text, document, values, mode, extract_sentences)
+            for text, document, values in zip(texts, documents, probabilities, strict=True)]  # fmt: skip
+
+
+def needs_selector(bundle: Bundle, tokens: int, mode: str, copy_mask_threshold: float) -> bool:
+    """Whether the selector reads a document of ``tokens`` tokens: when the bundle has one and
+    it changes something (the extractive mode, the copy mask, a document past the window)."""
+    if bundle.selector is None:
+        return False
+    return mode == "extractive" or copy_mask_threshold > 0 or tokens > source_max_tokens(bundle)
+
+
+class DocumentReader:
+    """One text read as ``read_documents`` reads it, in pieces that a scheduler can put other
+    work between (the service's long lane): the first ``advance`` splits and tokenizes the text,
+    and each ``advance`` reads ``steps`` time steps of the selector's pass over the document
+    (model/selector_pass.py) where it needs one; the last returns the same Reading."""
+
+    def __init__(self, bundle: Bundle, text: str, mode: str = DEFAULT_MODE, copy_mask_threshold: float = 0.0,
+                 extract_sentences: int = 3) -> None:  # fmt: skip
+        check_mode(bundle, mode, copy_mask_threshold)
+        self.bundle, self.text, self.mode = bundle, text, mode
+        self.copy_mask_threshold, self.extract_sentences = copy_mask_threshold, extract_sentences
+        self.document: tuple[list[str], list[int], list[tuple[int, int]]] | None = None  # once split
+        self.selector_pass: SelectorPass | None = None  # where the selector reads the document
+
+    @property
+    def selector_tokens_left(self) -> float:
+        """Tokens of the selector's pass still to read (0 where it does not run); once tokenized."""
+        return self.selector_pass.tokens_left if self.selector_pass is not None else 0.0
+
+    def advance(self, steps: int = DEFAULT_STEPS) -> Reading | None:
+        """The next piece; the Reading once the text is read, else None."""
+        if self.document is None:
+            self.document = document_sentences(self.bundle, self.text)
+            ids = self.document[1]
+            if needs_selector(self.bundle, len(ids), self.mode, self.copy_mask_threshold):
+                self.selector_pass = SelectorPass(self.bundle.selector, ids)
+        probabilities = None
+        if self.selector_pass is not None:
+            probabilities = self.selector_pass.advance(steps)
+            if probabilities is None:
+                return None  # more of the pass at the next call
+        extract = self.extract_sentences
+        return _reading(self.bundle, self.text, self.document, probabilities, self.mode, extract)
+
+
+def _reading(bundle: Bundle, text: str, document: tuple[list[str], list[int], list[tuple[int, int]]],
+             probabilities: Tensor | None, mode: str, extract_sentences: int) -> Reading:  # fmt: skip
+    """The Reading of one split document, with the selector's probabilities where it ran."""
+    sentences, ids, spans = document
+    scores = sentence_scores(probabilities, spans) if probabilities is not None else None
+    if mode == "extractive":
+        reading = _extract(sentences, ids, probabilities, scores, extract_sentences)
+    else:
+        reading = _abstractive(ids, spans, probabilities, scores, source_max_tokens(bundle))
+    last = reading.sentences[-1].index + 1 if reading.sentences else 0
+    offsets = sentence_offsets(text, sentences[:last])  # consecutive: up to the last one used
+    for use in reading.sentences:
+        use.start, use.end = offsets[use.index]
+    reading.sentence_count = len(sentences)
+    return reading
 
 
 def document_sentences(bundle: Bundle, text: str) -> tuple[list[str], list[int], list[tuple[int, int]]]:

@@ -32,6 +32,7 @@ from gatesum.model.cells import CELLS
 from gatesum.model.fused import lstm_inference, lstm_recurrence
 
 State = Tensor | tuple[Tensor, Tensor]  # h_n, or (h_n, c_n) for LSTM; each (L·D, B, H)
+STRETCH_MULTIPLE = 16  # the fused loops' input projection chunk (model/fused.py ``chunk``)
 
 
 @dataclass
@@ -194,6 +195,46 @@ class Recurrent(nn.Module):
                     all_gates.append(gates)
             layer_input = outputs[0] if len(outputs) == 1 else torch.cat(outputs, -1)
         return RecurrentOutput(layer_input, self._join_state(finals), all_gates)
+
+    def run_stretch(
+        self, layer: int, inputs: list[Tensor], states: list[State] | None
+    ) -> tuple[list[Tensor], list[State]]:
+        """One layer over a stretch of a sequence too long to read at once, for a caller that
+        reads it in pieces, layer by layer (model/selector_pass.py); no padding, no dropout.
+
+        inputs: per direction (B, T, I) in sequence order, the backward direction's stretch read
+        from its last position to its first; states: per direction h (B, H), or (h, C) for LSTM,
+        from where the previous stretch left it, None at the sequence's ends. Returns per
+        direction the outputs (B, T, H) in sequence order and the state after the stretch.
+        Stretches whose lengths are multiples of ``STRETCH_MULTIPLE`` give a fused LSTM layer
+        exactly the outputs of one pass over the whole sequence (its input projection goes 16
+        steps at a time either way).
+        """
+        D, H = self.num_directions, self.hidden_size
+        cells = self.cells[layer * D : (layer + 1) * D]
+        if states is None:
+            states = [cell.initial_state(inputs[0].shape[0], inputs[0]) for cell in cells]
+        if not self.fused:
+            outputs, finals = [], []
+            for direction, (cell, source, state) in enumerate(zip(cells, inputs, states, strict=True)):
+                reverse = direction == 1
+                output, final, _ = scan(cell, source.flip(1) if reverse else source, state, None)
+                outputs.append(output.flip(1) if reverse else output)
+                finals.append(final)
+            return outputs, finals
+        sources = [inputs[0], *(source.flip(1) for source in inputs[1:])]  # each in its reading order
+        x = torch.stack([source.transpose(0, 1) for source in sources])  # time major (D, T, B, I)
+        h0, c0 = (torch.stack(part) for part in zip(*states, strict=True))  # (D, B, H) each
+        weight_ih, weight_hh, bias = (torch.stack([getattr(cell, name) for cell in cells])
+                                      for name in ("weight_ih", "weight_hh", "bias"))  # fmt: skip
+        if (inferred := lstm_inference(x, weight_ih, weight_hh, bias, h0, c0, None)) is not None:
+            output, h_n, c_n = inferred  # (B, T, D·H): the loop writes direction 1 in sequence order
+            outputs = list(output.split(H, -1))
+        else:
+            hs, cs = lstm_recurrence(x, weight_ih, weight_hh, bias, h0, c0)  # (D, T, B, H) each
+            h_n, c_n = hs[:, -1], cs[:, -1]
+            outputs = [hs[0].transpose(0, 1), *(h.flip(0).transpose(0, 1) for h in hs[1:])]
+        return outputs, list(zip(h_n.unbind(0), c_n.unbind(0), strict=True))
 
     def _fused_layer(self, layer: int, x: Tensor, lengths: Tensor | None, mask: Tensor | None, initial):
         """One LSTM layer, all directions at once, through ``lstm_recurrence``.

@@ -3,10 +3,12 @@ admission bounded by cost and cancellation (issue #16).
 
     request ─► admission (estimated cost; refused at once: 429 over a share, 503 past the timeout)
             ─► waiting examples (one per text) ─► scheduler thread, every iteration:
-                   drop what was cancelled (timeout, client gone)
+                   drop what was cancelled (timeout, client gone), its reading included
                    · short lane: admit waiting examples (cheapest request first, one encoder call
                      per search setting), one decoder step for its rows
-                   · long lane, on its turn: the same for texts of more than ``long_source`` tokens
+                   · long lane, on its turn: the same for texts of more than ``long_source`` tokens;
+                     a text the engine reads in pieces (the content selector's pass over a long
+                     document) gets one piece per turn
                    · deliver what finished
 
 As LLM servers do it (Orca, Yu et al. 2022; vLLM): a request joins the running batch at the next
@@ -22,12 +24,20 @@ lane's prefill (tokenizing, encoding) and steps get at most ``LONG_SHARE`` of th
 same way): a short request's steps come at most 1 / (1 − ``LONG_SHARE``) times slower beside the
 largest requests than alone. With no short work, the long lane runs every iteration.
 
-Cost of one text, in seconds of model time at full batch: K · L · (α + β · S) + γ · chars, for
-beam K, at most L = min(max_length, S) + 1 steps, S source tokens (guessed from the characters
-until the text is tokenized); α, β, γ come from the engine's calibration, and two running
-averages correct them: the steps texts really take (most end before L) and the step time the
-machine really gives (others share it). A request waits behind the others roughly as under
-processor sharing: it is done after c + Σ_j min(c_j, c) seconds, c_j the work left of request j.
+Reading a text is part of its lane's turn too. Where the engine reads a text in pieces
+(``Engine.prepare`` returns None until it is done: the content selector's pass over a document
+of up to 100,000 characters takes seconds), a lane reads one text at a time and one piece per
+turn, the piece's seconds count against the long lane's share like its steps, and a cancelled
+request's reading stops at the next iteration (``Engine.cancel``).
+
+Cost of one text, in seconds of model time at full batch: K · L · (α + β · S) + γ · chars + δ · R,
+for beam K, at most L = min(max_length, S) + 1 steps, S source tokens (guessed from the
+characters until the text is tokenized), R the tokens the content selector still has to read of
+it (0 where it does not run: ``Engine.selector_tokens``); α, β, γ, δ come from the engine's
+calibration, and two running averages correct them: the steps texts really take (most end
+before L) and the step time the machine really gives (others share it). A request waits behind
+the others roughly as under processor sharing: it is done after c + Σ_j min(c_j, c) seconds, c_j
+the work left of request j.
 
 The model side is an ``Engine`` (service/state.py wraps model/running.py in one); tests drive
 the scheduler with a fake one.
@@ -74,12 +84,14 @@ class Refused(Exception):
 
 @dataclass(frozen=True)
 class StepCost:
-    """Model time per decoder row and step: ``per_row`` + ``per_row_token`` · S, and
-    ``per_char`` to tokenize and encode a text (α, β, γ above), in seconds."""
+    """Model time per decoder row and step: ``per_row`` + ``per_row_token`` · S, ``per_char``
+    to tokenize and encode a text, and ``per_selector_token`` per token the content selector
+    reads (α, β, γ, δ above), in seconds."""
 
     per_row: float
     per_row_token: float
     per_char: float
+    per_selector_token: float = 0.0
 
 
 @dataclass(eq=False)
@@ -91,6 +103,7 @@ class Example:
     text: str
     rows: int  # K: beams
     tokens: int  # S: source tokens read (a guess until prepared)
+    selector_tokens: float = 0.0  # R: tokens the selector has still to read (a guess until tokenized)
     prepared: Any = None  # what the engine made of the text (token ids...), None until then
     lane: int = SHORT  # set when it joins the batch: LONG past ``Engine.long_source`` tokens
     admitted_at: int | None = None  # its lane's steps run when it joined the batch
@@ -129,8 +142,14 @@ class Engine(Protocol):
 
     def lane_rows(self, lane: int) -> int: ...
 
-    def prepare(self, example: Example) -> int:
-        """Tokenize ``example.text`` into ``example.prepared``; returns the tokens read (S)."""
+    def selector_tokens(self, example: Example) -> float:
+        """R: the tokens the content selector will read of ``example.text`` (guessed from its
+        characters), 0 where it does not run."""
+
+    def prepare(self, example: Example) -> int | None:
+        """Read ``example.text`` into ``example.prepared``; returns the tokens read (S), or None
+        when it reads the text in pieces and more are left: then it holds the work done, keeps
+        ``example.selector_tokens`` up to date, and the next call reads the next piece."""
 
     def admit(self, examples: list[Example]) -> None:
         """Encode these prepared examples (one search setting, one ``lane``) and add them to
@@ -141,7 +160,7 @@ class Engine(Protocol):
         and steps taken."""
 
     def cancel(self, examples: list[Example]) -> None:
-        """Drop these running examples now."""
+        """Drop these running examples, and the reading of those it reads in pieces, now."""
 
 
 class ContinuousBatcher:
@@ -159,6 +178,7 @@ class ContinuousBatcher:
         self._wake = threading.Condition(self._lock)
         self._requests: list[Request] = []  # admitted and not yet answered, oldest first
         self._running: dict[Example, None] = {}  # examples in the engine's batch
+        self._reading: list[Example | None] = [None, None]  # per lane: the text read in pieces
         self._thread: threading.Thread | None = None
         self._stopping = False
 
@@ -200,7 +220,9 @@ class ContinuousBatcher:
         limit = self.engine.source_limit
         for index, text in enumerate(texts):
             guess = min(limit, max(1, math.ceil(len(text) / CHARS_PER_TOKEN)))
-            request.examples.append(Example(request, index, text, generation.beam_size, guess))
+            example = Example(request, index, text, generation.beam_size, guess)
+            example.selector_tokens = self.engine.selector_tokens(example)
+            request.examples.append(example)
         request.results = [None] * len(texts)
         with self._lock:
             self._admit_or_refuse(request)
@@ -249,8 +271,9 @@ class ContinuousBatcher:
             steps = self.fill * self._bound(example)
             if example.admitted_at is not None:
                 steps = max(0.0, steps - (self.lane_steps[example.lane] - example.admitted_at))
-            else:
+            else:  # still to read: tokenizing, encoding and the selector's pass, where it runs
                 seconds += cost.per_char * len(example.text)
+                seconds += cost.per_selector_token * example.selector_tokens
             seconds += example.rows * steps * (cost.per_row + cost.per_row_token * example.tokens)
         return seconds * self.slowdown
 
@@ -326,14 +349,13 @@ class ContinuousBatcher:
         return max(0.0, waiting[0].arrived + self.settings.max_wait_ms / 1000 - time.monotonic())
 
     def _drop_cancelled(self) -> list[Example]:
-        """Forget cancelled requests (under the lock); returns their examples in the batch."""
+        """Forget cancelled requests (under the lock); returns their examples that the engine
+        holds: in the batch, or being read in pieces."""
         running = []
         for request in [request for request in self._requests if request.cancelled]:
             self._requests.remove(request)
+            running += self._held(request)
             for example in request.examples:
-                if example in self._running:
-                    running.append(example)
-                    del self._running[example]
                 example.done = True
             if self.metrics is not None:
                 self.metrics.cancelled.labels(request.cancelled).inc()
@@ -343,7 +365,8 @@ class ContinuousBatcher:
     def _admit(self, lane: int) -> None:
         """Move ``lane``'s waiting examples into its batch: the request holding the fewest rows
         first, within the lane's row and text budgets, one request's share, and the tokenize and
-        encode budgets; the examples of one search setting are encoded in one call."""
+        encode budgets; the examples of one search setting are encoded in one call. A text read
+        in pieces comes first and gets one piece; no other text starts reading meanwhile."""
         settings, engine = self.settings, self.engine
         with self._lock:
             requests = [request for request in self._requests if not request.cancelled]
@@ -356,10 +379,16 @@ class ContinuousBatcher:
                 held[example.request][0] += example.rows
                 held[example.request][1] += 1
         chars = tokens = 0
+        pieced = False  # whether a text read in pieces has had its piece this turn
         chosen: dict[Any, list[Example]] = {}  # search setting (request.key) -> examples
         candidates = [request for request in requests if self._next_waiting(request, lane) is not None]
+
+        def order(request: Request) -> tuple[bool, int, float]:
+            reading = self._reading[lane]
+            return reading is None or reading.request is not request, held[request][0], request.arrived
+
         while candidates and texts < settings.max_batch_size:
-            request = min(candidates, key=lambda r: (held[r][0], r.arrived))
+            request = min(candidates, key=order)
             example = self._next_waiting(request, lane)
             if example is None or not self._fits(example, held[request], rows):
                 candidates.remove(request)
@@ -367,9 +396,14 @@ class ContinuousBatcher:
             if chosen and (chars >= settings.prepare_chars or tokens >= settings.encode_tokens):
                 break  # the rest joins at the next step: short requests keep moving meanwhile
             if example.prepared is None:
-                chars += len(example.text)
+                reading = self._reading[lane]
+                if pieced or (reading is not None and reading is not example):
+                    candidates.remove(request)  # one text is read in pieces at a time, a piece a turn
+                    continue
+                chars += len(example.text) if reading is None else 0
+                pieced = reading is example
                 try:
-                    example.tokens = engine.prepare(example)
+                    read = engine.prepare(example)
                 except Exception as error:  # this request's text failed to tokenize: a 500 for it alone
                     log.exception("tokenizing a request failed")
                     for examples in chosen.values():
@@ -377,6 +411,11 @@ class ContinuousBatcher:
                     candidates.remove(request)
                     self._fail(request, error)
                     continue
+                if read is None:  # more pieces to read: the next one at this lane's next turn
+                    self._reading[lane], pieced = example, True
+                    candidates.remove(request)
+                    continue
+                self._reading[lane], example.tokens = None, read
                 if self._lane(example) != lane:
                     continue  # its guessed length was wrong: it joins on its own lane's turn
             tokens += example.tokens
@@ -462,11 +501,24 @@ class ContinuousBatcher:
         _resolve(request, outcome)
 
     def _fail(self, request: Request, error: Exception) -> None:
-        """``request`` fails alone: its examples already in the batch leave it, it gets ``error``."""
-        running = [example for example in request.examples if example in self._running]
-        if running:
-            self.engine.cancel(running)
+        """``request`` fails alone: its examples already in the batch leave it, its reading
+        stops, it gets ``error``."""
+        if held := self._held(request):
+            self.engine.cancel(held)
         self._finish(request, error)
+
+    def _held(self, request: Request) -> list[Example]:
+        """``request``'s examples in the batch or being read in pieces, which the scheduler
+        forgets here: the engine is to drop them (``Engine.cancel``)."""
+        held = []
+        for example in request.examples:
+            if example in self._running:
+                del self._running[example]
+                held.append(example)
+            if example in self._reading:
+                self._reading[self._reading.index(example)] = None
+                held.append(example)
+        return held
 
     def _fail_running(self, error: Exception) -> None:
         """After a failed step: every request in the batch gets ``error``; the batch is emptied."""

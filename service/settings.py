@@ -23,7 +23,9 @@ from pydantic import Field, SecretStr, create_model
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from gatesum.model.bundle import BUNDLED_MODEL
+from gatesum.model.recurrent import STRETCH_MULTIPLE
 from gatesum.model.search import GENERATION_SETTINGS, GenerationConfig
+from gatesum.model.selector_pass import DEFAULT_STEPS
 
 
 def _generation_fields() -> dict[str, Any]:
@@ -87,6 +89,10 @@ class Settings(GenerationSettings):
     encode_tokens: int = Field(
         1024, ge=1, description="source tokens encoded per decoder step (≥ 1 text), so steps keep coming"
     )
+    selector_steps: int = Field(
+        DEFAULT_STEPS, ge=STRETCH_MULTIPLE, description="time steps of the content selector's pass over "
+        "a long text read per turn of its lane (one piece), so that the lanes' steps keep coming",
+    )  # fmt: skip
 
     # The generation defaults (beam_size, max_length, ...) are fields of GenerationSettings above.
 

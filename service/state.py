@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import random
 import threading
 import time
@@ -24,9 +25,18 @@ from gatesum.model.bundle import Bundle
 from gatesum.model.errors import GatesumError
 from gatesum.model.kernels import kernels_enabled, lstm_ops
 from gatesum.model.pipeline import Summary, build_summary, extractive, load, top_forward_gates
-from gatesum.model.reading import Reading, check_mode, copy_sources, read_documents, source_max_tokens
+from gatesum.model.reading import (
+    DocumentReader,
+    Reading,
+    check_mode,
+    copy_sources,
+    document_sentences,
+    needs_selector,
+    source_max_tokens,
+)
 from gatesum.model.running import RunningBatch
 from gatesum.model.search import GenerationConfig
+from gatesum.model.selector_pass import SelectorPass
 from gatesum.service.batching import CHARS_PER_TOKEN, ContinuousBatcher, Example, Refused, StepCost
 from gatesum.service.metrics import Metrics
 from gatesum.service.schemas import GenerationOptions
@@ -173,7 +183,8 @@ class ServiceEngine:
     one running batch of model/running.py per lane and the summaries; runs on the scheduler
     thread. Texts of more than ``LONG_SOURCE`` tokens decode in a batch of their own (the long
     lane), so that the attention of short texts does not read the long ones' padding; the
-    batcher decides when each lane steps."""
+    batcher decides when each lane steps. A text the content selector reads is read in pieces of
+    ``selector_steps`` time steps (model/reading.py ``DocumentReader``), one per ``prepare``."""
 
     def __init__(self, bundle: Bundle, settings: Settings) -> None:
         self.bundle = bundle
@@ -182,6 +193,8 @@ class ServiceEngine:
         self.long_source = LONG_SOURCE
         self.gates: dict[Example, dict | None] = {}  # explain: each text's top forward encoder gates
         self.extracted: list[Example] = []  # extractive summaries read, answered at their lane's step
+        self.readers: dict[Example, DocumentReader] = {}  # texts read in pieces, until read
+        self.selector_steps = settings.selector_steps
         self.cost = calibrate(bundle, settings)
 
     @property
@@ -192,13 +205,29 @@ class ServiceEngine:
     def lane_rows(self, lane: int) -> int:
         return self.batches[lane].rows + sum(example.lane == lane for example in self.extracted)
 
-    def prepare(self, example: Example) -> int:
-        """Read the text (model/reading.py; the selector scores a long one whole): the source
-        tokens the decoder will read, 1 for an extractive summary (it decodes nothing)."""
+    def selector_tokens(self, example: Example) -> float:
+        """The tokens the selector will read of the text (model/reading.py ``needs_selector``),
+        guessed from its characters."""
         key: BatchKey = example.request.key
-        generation = key.generation
-        [reading] = read_documents(self.bundle, [example.text], key.mode, generation.copy_mask_threshold,
-                                   generation.extract_sentences)  # fmt: skip
+        guess = math.ceil(len(example.text) / CHARS_PER_TOKEN)
+        reads = needs_selector(self.bundle, guess, key.mode, key.generation.copy_mask_threshold)
+        return guess if reads else 0
+
+    def prepare(self, example: Example) -> int | None:
+        """Read the next piece of the text (model/reading.py; the selector scores a long one
+        whole, a piece at a time); once read, the source tokens the decoder will read, 1 for an
+        extractive summary (it decodes nothing); None while pieces are left."""
+        key: BatchKey = example.request.key
+        reader = self.readers.pop(example, None)
+        if reader is None:
+            generation = key.generation
+            reader = DocumentReader(self.bundle, example.text, key.mode, generation.copy_mask_threshold,
+                                    generation.extract_sentences)  # fmt: skip
+        reading = reader.advance(self.selector_steps)
+        example.selector_tokens = reader.selector_tokens_left
+        if reading is None:
+            self.readers[example] = reader
+            return None
         example.prepared = reading
         return 1 if key.mode == "extractive" else len(reading.source_ids)
 
@@ -238,12 +267,13 @@ class ServiceEngine:
         self.extracted = [example for example in self.extracted if example not in gone]
         for example in examples:
             self.gates.pop(example, None)
+            self.readers.pop(example, None)  # its selector pass stops here
 
 
 def calibrate(bundle: Bundle, settings: Settings) -> StepCost:
-    """The cost model's α, β, γ on this machine (a second or two at startup): decoder steps of a
-    batch as wide as the settings allow over short and over the longest sources, and the
-    tokenizing and encoding of a long text."""
+    """The cost model's α, β, γ, δ on this machine (a second or two at startup): decoder steps
+    of a batch as wide as the settings allow over short and over the longest sources, the
+    tokenizing and encoding of a long text, and the selector's pass over it."""
     model, limit = bundle.model, source_max_tokens(bundle)
     texts = max(1, min(settings.max_batch_size, settings.max_batch_rows // 4))
     generation = GenerationConfig(beam_size=4, max_length=8, min_length=8, no_repeat_ngram_size=3)
@@ -264,11 +294,20 @@ def calibrate(bundle: Bundle, settings: Settings) -> StepCost:
     per_row_token = max(0.0, (per_row[wide] - per_row[narrow]) / max(1, wide - narrow))
     text = " ".join(rng.choice(("The", "council", "voted", "on", "a", "bridge.")) for _ in range(4000))
     started = time.perf_counter()
-    read_documents(bundle, [text])  # a long text: the selector reads it whole, when there is one
+    _, ids, _ = document_sentences(bundle, text)
     per_char = (time.perf_counter() - started) / len(text) + encode / CHARS_PER_TOKEN
-    cost = StepCost(max(1e-6, per_row[narrow] - per_row_token * narrow), per_row_token, per_char)
-    log.info("startup: cost model: %.3g s per row-step, + %.3g s per source token; %.3g s per character",
-             cost.per_row, cost.per_row_token, cost.per_char)  # fmt: skip
+    per_selector_token = 0.0
+    if bundle.selector is not None:
+        started = time.perf_counter()
+        selector_pass = SelectorPass(bundle.selector, ids)
+        while selector_pass.advance(settings.selector_steps) is None:  # in pieces, as it serves
+            pass
+        per_selector_token = (time.perf_counter() - started) / len(ids)
+    cost = StepCost(max(1e-6, per_row[narrow] - per_row_token * narrow), per_row_token, per_char,
+                    per_selector_token)  # fmt: skip
+    log.info("startup: cost model: %.3g s per row-step, + %.3g s per source token; %.3g s per character, "
+             "%.3g s per token the selector reads", cost.per_row, cost.per_row_token, cost.per_char,
+             cost.per_selector_token)  # fmt: skip
     return cost
 
 

@@ -12,6 +12,7 @@ import time
 import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -77,6 +78,27 @@ def test_a_client_over_its_share_is_429() -> None:
             batcher.submit(["x" * 160], long, client="c")
         assert (alone.value.status, alone.value.retry_after) == (429, None)  # waiting cannot help
         await batcher.stop()
+
+    asyncio.run(scenario())
+
+
+def test_the_cost_of_a_long_text_includes_the_selectors_pass() -> None:
+    """The selector reads each long text whole before anything decodes: at 0.1 s per token, a
+    text it reads 400 tokens of needs ~40 s, over one client's 30 s share, though its decoding
+    alone (10 steps at 1 ms) is cheap; without that selector cost the same text is admitted."""
+    reading = StepCost(per_row=1e-3, per_row_token=0.0, per_char=0.0, per_selector_token=0.1)
+
+    async def scenario() -> None:
+        batcher = make_batcher(FakeEngine(reading, long_source=50), max_wait_ms=60_000)
+        batcher.submit(["x" * 40], TEN_STEPS, client="a")  # short: the selector does not read it
+        with pytest.raises(Refused) as refusal:
+            batcher.submit(["x" * 400], TEN_STEPS, client="b")
+        assert (refusal.value.status, refusal.value.retry_after) == (429, None)
+        assert "~40 s of model time" in str(refusal.value)
+        await batcher.stop()
+        free = make_batcher(FakeEngine(replace(reading, per_selector_token=0.0), long_source=50))
+        free.submit(["x" * 400], TEN_STEPS, client="b")
+        await free.stop()
 
     asyncio.run(scenario())
 

@@ -25,15 +25,20 @@ CHEAP = StepCost(per_row=1e-4, per_row_token=0.0, per_char=0.0)
 
 class FakeEngine:
     """Each text decodes for len(text) steps into text.upper(); ``boom`` fails the step. Texts
-    of more than ``long_source`` characters run in the long lane."""
+    of more than ``long_source`` characters run in the long lane, and are read in
+    ``read_pieces`` pieces (as the content selector reads a long document), each logged as
+    ("read", LONG); the selector reads len(text) tokens of them."""
 
     source_limit = 1000
 
     def __init__(self, cost: StepCost = CHEAP, step_seconds: float = 0.0, long_source: int = 1000,
-                 long_step_seconds: float | None = None, prepare_seconds: float = 0.0) -> None:  # fmt: skip
+                 long_step_seconds: float | None = None, prepare_seconds: float = 0.0,
+                 read_pieces: int = 1) -> None:  # fmt: skip
         self.cost, self.long_source = cost, long_source
         self.step_seconds = (step_seconds, step_seconds if long_step_seconds is None else long_step_seconds)
-        self.prepare_seconds = prepare_seconds  # to tokenize a text of the long lane
+        self.prepare_seconds = prepare_seconds  # to read a piece of a text of the long lane
+        self.read_pieces = read_pieces
+        self.reading: dict[Example, int] = {}  # pieces read of the texts read in pieces, until read
         self.running: dict[Example, int] = {}
         self.batches: list[list[str]] = []  # the texts in the stepped lane's batch at every step
         self.admitted: list[list[str]] = []  # the texts of every admit call
@@ -46,9 +51,19 @@ class FakeEngine:
     def lane_rows(self, lane: int) -> int:
         return sum(example.rows for example in self.running if example.lane == lane)
 
-    def prepare(self, example: Example) -> int:
+    def selector_tokens(self, example: Example) -> float:
+        return len(example.text) if len(example.text) > self.long_source else 0
+
+    def prepare(self, example: Example) -> int | None:
         if len(example.text) > self.long_source:
             time.sleep(self.prepare_seconds)
+            self.log.append(("read", LONG))
+            pieces = self.reading.pop(example, 0) + 1
+            if pieces < self.read_pieces:
+                self.reading[example] = pieces
+                example.selector_tokens = len(example.text) * (1 - pieces / self.read_pieces)
+                return None
+            example.selector_tokens = 0
         example.prepared = example.text
         return len(example.text)
 
@@ -74,6 +89,7 @@ class FakeEngine:
     def cancel(self, examples: list[Example]) -> None:
         for example in examples:
             self.running.pop(example, None)
+            self.reading.pop(example, None)
 
 
 def make_batcher(engine: FakeEngine, **overrides) -> ContinuousBatcher:
@@ -175,6 +191,53 @@ def test_short_requests_make_progress_while_long_texts_are_prepared() -> None:
     start = engine.log.index(("admit", SHORT))
     end = [i for i, entry in enumerate(engine.log) if entry == ("step", SHORT)][19]
     assert engine.log[start:end].count(("admit", LONG)) <= 3  # a long prepare costs 45 short steps
+
+
+def test_short_requests_make_progress_while_a_long_text_is_read_in_pieces() -> None:
+    """The content selector reads a long text in 40 pieces of 20 ms (one block of 0.8 s before);
+    a short request sent meanwhile runs its 20 steps (no sleep) between a few of them, within
+    the long lane's share, and the long text is then read to its end and answered."""
+    engine = FakeEngine(long_source=50, prepare_seconds=0.02, read_pieces=40)
+
+    async def scenario() -> None:
+        batcher = make_batcher(engine)
+        long = asyncio.ensure_future(results(batcher, ["x" * 400]))
+        while engine.log.count(("read", LONG)) < 2:
+            await asyncio.sleep(0.001)
+        assert await results(batcher, ["s" * 20]) == ["S" * 20]
+        assert not long.done() and engine.reading  # the short one did not wait for the reading
+        assert await long == ["X" * 400]
+        await batcher.stop()
+
+    asyncio.run(scenario())
+    assert engine.log.count(("read", LONG)) == 40 and not engine.reading
+    start = engine.log.index(("admit", SHORT))
+    end = [i for i, entry in enumerate(engine.log) if entry == ("step", SHORT)][19]
+    assert engine.log[start:end].count(("read", LONG)) <= 3  # a piece costs 3 pieces' worth of short steps
+
+
+def test_a_cancelled_request_stops_its_reading() -> None:
+    """A client gone while its long text is read in pieces: no piece is read after the next
+    iteration, and the engine drops what it had read."""
+    engine = FakeEngine(long_source=50, prepare_seconds=0.002, read_pieces=1000)
+
+    async def scenario() -> None:
+        batcher = make_batcher(engine)
+        request = batcher.submit(["x" * 400], GREEDY)
+        while engine.log.count(("read", LONG)) < 3:
+            await asyncio.sleep(0.001)
+        request.cancel("disconnect")
+        deadline = time.monotonic() + 2
+        while engine.reading and time.monotonic() < deadline:
+            await asyncio.sleep(0.001)
+        assert not engine.reading and batcher.depth == 0
+        read = engine.log.count(("read", LONG))
+        assert await results(batcher, ["ok"]) == ["OK"]
+        assert engine.log.count(("read", LONG)) == read < 1000
+        assert batcher.metrics.cancelled.labels("disconnect")._value.get() == 1
+        await batcher.stop()
+
+    asyncio.run(scenario())
 
 
 def test_waiting_requests_of_one_setting_are_encoded_together() -> None:

@@ -1,9 +1,14 @@
 """Long documents through the API (issue #15): the content selector picks what the model reads,
-the extractive mode, the copy mask, and the refusals when the model has no selector."""
+the extractive mode, the copy mask, and the refusals when the model has no selector; the
+selector's pass read in pieces on the scheduler thread (issue #16): the same readings, its cost
+in admission, its work stopped with its request."""
 
 from __future__ import annotations
 
+import math
+import time
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -11,7 +16,9 @@ from fastapi.testclient import TestClient
 
 from gatesum.model.bundle import load_bundle
 from gatesum.model.pipeline import summarize_texts
+from gatesum.model.reading import document_sentences
 from gatesum.model.search import GenerationConfig
+from gatesum.service.batching import StepCost
 from tests.helpers import make_rows
 from tests.service.helpers import ARTICLE, SOURCE_MAX_TOKENS, make_settings, serving
 
@@ -86,3 +93,72 @@ def test_without_a_selector_extractive_and_the_copy_mask_are_refused(client):
     response = client.post("/v1/summarize", json={"text": ARTICLE, "mode": "bullets"})
     assert response.status_code == 422
     assert response.json()["error"] == "mode must be 'abstractive' or 'extractive'."
+
+
+def test_a_long_text_read_in_pieces_is_read_as_the_pipeline_reads_it(selector_bundle):
+    """16 selector steps a piece: LONG (~440 tokens) takes ~28 pieces, and every mode reads it
+    exactly as one pass over the whole document does."""
+    texts, greedy = [ARTICLE, LONG], GenerationConfig(beam_size=1, max_length=8)
+    with serving(make_settings(selector_bundle, selector_steps=16)) as client:
+        engine = client.app.state.service.batcher.engine
+        prepare, outcomes = engine.prepare, []
+        engine.prepare = lambda example: outcomes.append(prepare(example)) or outcomes[-1]
+        selected = client.post("/v1/summarize", json={"text": LONG}).json()
+        masked = client.post("/v1/summarize/batch", json={"texts": texts, "copy_mask_threshold": 0.5}).json()
+        extracted = client.post("/v1/summarize", json={"text": LONG, "mode": "extractive"}).json()
+    assert outcomes.count(None) >= 3 * 25  # three readings of LONG, in pieces
+    bundle = load_bundle(selector_bundle)
+    [alone] = summarize_texts(bundle, [LONG], greedy)
+    assert selected["summary"] == alone.summary and selected["read"] == "selected"
+    used = [(sentence["index"], sentence["score"]) for sentence in selected["sentences"]]
+    assert used == [(use.index, use.score) for use in alone.sentences]
+    piped = summarize_texts(bundle, texts, replace(greedy, copy_mask_threshold=0.5))
+    assert [result["summary"] for result in masked["results"]] == [summary.summary for summary in piped]
+    [extract] = summarize_texts(bundle, [LONG], greedy, mode="extractive")
+    used = [(sentence["index"], sentence["score"]) for sentence in extracted["sentences"]]
+    assert used == [(use.index, use.score) for use in extract.sentences]
+
+
+def test_admission_counts_the_selectors_pass(selector_client, client):
+    """At a second per token the selector reads, LONG (~500 tokens guessed) and even ARTICLE in
+    the extractive mode (~37) are over one client's 30 s share; ARTICLE read whole is not."""
+    engine = selector_client.app.state.service.batcher.engine
+    assert engine.cost.per_selector_token > 0
+    assert client.app.state.service.batcher.engine.cost.per_selector_token == 0  # no selector
+    engine.cost = replace(engine.cost, per_selector_token=1.0)
+    started = time.monotonic()
+    long = selector_client.post("/v1/summarize", json={"text": LONG})
+    assert long.status_code == 429 and "of model time" in long.json()["error"]
+    assert time.monotonic() - started < 2  # at once
+    extractive = selector_client.post("/v1/summarize", json={"text": ARTICLE, "mode": "extractive"})
+    assert extractive.status_code == 429
+    assert selector_client.post("/v1/summarize", json={"text": ARTICLE}).status_code == 200
+
+
+def test_a_request_that_times_out_stops_its_selector_pass(selector_bundle):
+    """Pieces of 16 steps made 50 ms slower: LONG's reading outlasts the 0.5 s timeout; after
+    the 504 the engine holds nothing of it and reads no more of it."""
+    pieces_needed = math.ceil(len(document_sentences(load_bundle(selector_bundle), LONG)[1]) / 16)
+    with serving(make_settings(selector_bundle, selector_steps=16, request_timeout_s=0.5)) as client:
+        engine = client.app.state.service.batcher.engine
+        engine.cost = StepCost(per_row=1e-6, per_row_token=0.0, per_char=0.0)  # admit it: not tested here
+        prepare, read = engine.prepare, []
+
+        def slow(example):
+            time.sleep(0.05)
+            read.append(example.text)
+            return prepare(example)
+
+        engine.prepare = slow
+        assert client.post("/v1/summarize", json={"text": LONG}).status_code == 504
+        deadline = time.monotonic() + 2
+        while engine.readers and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert not engine.readers  # its selector pass was dropped
+        pieces = read.count(LONG)
+        assert 0 < pieces < pieces_needed
+        client.app.state.service.settings.request_timeout_s = 60
+        assert client.post("/v1/summarize", json={"text": ARTICLE}).status_code == 200
+        assert read.count(LONG) == pieces  # no piece of it after the timeout
+        metrics = client.get("/metrics").text
+    assert 'gatesum_cancelled_total{reason="timeout"} 1.0' in metrics
