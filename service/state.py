@@ -218,16 +218,21 @@ class ServiceEngine:
         whole, a piece at a time); once read, the source tokens the decoder will read, 1 for an
         extractive summary (it decodes nothing); None while pieces are left."""
         key: BatchKey = example.request.key
-        reader = self.readers.pop(example, None)
+        reader = self.readers.get(example)
         if reader is None:
             generation = key.generation
             reader = DocumentReader(self.bundle, example.text, key.mode, generation.copy_mask_threshold,
                                     generation.extract_sentences)  # fmt: skip
-        reading = reader.advance(self.selector_steps)
+            self.readers[example] = reader
+        try:
+            reading = reader.advance(self.selector_steps)
+        except Exception:
+            del self.readers[example]
+            raise
         example.selector_tokens = reader.selector_tokens_left
         if reading is None:
-            self.readers[example] = reader
             return None
+        del self.readers[example]
         example.prepared = reading
         return 1 if key.mode == "extractive" else len(reading.source_ids)
 
