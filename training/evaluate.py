@@ -70,22 +70,7 @@ SCORING_CHUNK = 200  # documents per rouge_per_document call: the progress bar's
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_model_arguments(parser)
-    parser.add_argument(
-        "--data-files",
-        nargs="+",
-        required=True,
-        metavar="FILE",
-        help="pairs to evaluate on (.jsonl[.gz], .csv, .parquet); {split} becomes --split",
-    )
-    parser.add_argument("--split", default="test", help="the split name that replaces {split} in file names")
-    parser.add_argument("--limit", type=int, default=None, help="evaluate on the first N documents only")
-    parser.add_argument("--text-column", default="article", help="the column that holds the documents")
-    parser.add_argument("--summary-column", default="highlights", help="the column of reference summaries")
-    parser.add_argument(
-        "--cache-dir",
-        default=None,
-        help="datasets cache for the parsed files (default: ~/.cache/huggingface/datasets)",
-    )
+    add_data_arguments(parser, split="test", limit=None)
     add_mode_argument(parser)
     parser.add_argument(
         "--truncate",
@@ -99,6 +84,26 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=None,
         metavar="DIR",
         help="where report.json, report.md and summaries.jsonl go (default: runs/eval-<bundle name>)",
+    )
+
+
+def add_data_arguments(parser: argparse.ArgumentParser, split: str, limit: int | None) -> None:
+    """The pairs to score: files, split, limit, columns, cache (``gatesum eval`` and ``gatesum tune``)."""
+    parser.add_argument(
+        "--data-files",
+        nargs="+",
+        required=True,
+        metavar="FILE",
+        help="pairs to score (.jsonl[.gz], .csv, .parquet); {split} becomes --split",
+    )
+    parser.add_argument("--split", default=split, help="the split name that replaces {split} in file names")
+    parser.add_argument("--limit", type=int, default=limit, help="score the first N documents only")
+    parser.add_argument("--text-column", default="article", help="the column that holds the documents")
+    parser.add_argument("--summary-column", default="highlights", help="the column of reference summaries")
+    parser.add_argument(
+        "--cache-dir",
+        default=None,
+        help="datasets cache for the parsed files (default: ~/.cache/huggingface/datasets)",
     )
 
 

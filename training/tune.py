@@ -33,6 +33,7 @@ from gatesum.model.text import normalize
 from gatesum.training.data import DataConfig, load_split
 from gatesum.training.evaluate import (
     METRIC_NAMES,
+    add_data_arguments,
     mean_words,
     quiet_datasets,
     rounded,
@@ -52,18 +53,7 @@ SELECTED_BY = ("rouge1", "rouge2", "rougeLsum")  # the best point has the highes
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_model_arguments(parser)
-    parser.add_argument(
-        "--data-files",
-        nargs="+",
-        required=True,
-        metavar="FILE",
-        help="validation pairs (.jsonl[.gz], .csv, .parquet); {split} becomes --split",
-    )
-    parser.add_argument("--split", default="validation", help="the split name that replaces {split}")
-    parser.add_argument("--limit", type=int, default=500, help="tune on the first N documents")
-    parser.add_argument("--text-column", default="article")
-    parser.add_argument("--summary-column", default="highlights")
-    parser.add_argument("--cache-dir", default=None, help="datasets cache for the parsed files")
+    add_data_arguments(parser, split="validation", limit=500)
     parser.add_argument(
         "--grid",
         action="append",
