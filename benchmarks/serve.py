@@ -1,10 +1,14 @@
 """``gatesum bench serve``: the REST service under concurrent load.
 
-``--mode throughput`` (the default) starts ``gatesum serve`` on loopback twice in one run (once
-with the batching flags given, once with ``--max-batch-size 1``), sends N ``/v1/summarize``
-requests at concurrency C to each, and prints throughput, p50/p95 latency, the mean texts per
-decoder step (from ``/metrics``) and the ratio of the two throughputs, beside the figures the
-issue #16 audit measured before continuous batching.
+``--mode throughput`` (the default) starts ``gatesum serve`` on loopback twice per model in one
+run (once with the batching flags given, once with ``--max-batch-size 1``), sends N
+``/v1/summarize`` requests at concurrency C to each, and prints throughput, p50/p95 latency, the
+mean texts per decoder step (from ``/metrics``) and the ratio of the two throughputs, beside the
+figures the issue #16 audit measured before continuous batching. Several ``--model`` bundles run
+side by side (each phase runs every model before the next phase), and each one's throughput is
+also given relative to the first's: a new bundle against the one it replaces.
+
+    gatesum bench serve --model OLD_BUNDLE --model pretrained/cnndm-lstm-small
 
 ``--mode mixed`` starts one server and, for ``--duration`` seconds, mixes C clients sending
 short requests one after another (0.5 s apart after a refusal) with maximal legal requests (32
@@ -55,9 +59,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         "large and abandoned ones")  # fmt: skip
     parser.add_argument("--requests", type=int, default=200, help="requests per run (N; throughput)")
     parser.add_argument("--concurrency", type=int, default=16, help="requests in flight at once (C)")
-    parser.add_argument(
-        "--model", type=Path, default=BUNDLED_MODEL, help="model bundle (default: the bundled model)"
-    )
+    parser.add_argument("--model", type=Path, action="append", dest="models", metavar="DIR",
+                        help="model bundle (repeat to compare; the first is the reference; "
+                        "default: the bundled model)")  # fmt: skip
     parser.add_argument(
         "--max-batch-size", type=int, default=16, help="texts in the running batch when batching"
     )
@@ -79,7 +83,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    print(f"model {args.model}; concurrency {args.concurrency}, beam {args.beam_size}, max_length "
+    args.models = args.models or [BUNDLED_MODEL]
+    if args.mode == "mixed" and len(args.models) > 1:
+        print("gatesum bench serve: error: --mode mixed takes one --model", file=sys.stderr)
+        return 2
+    args.model = args.models[0]  # the server of a single-model run (mixed)
+    names = ", ".join(str(model) for model in args.models)
+    print(f"model {names}; concurrency {args.concurrency}, beam {args.beam_size}, max_length "
           f"{args.max_length}; load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs")  # fmt: skip
     results = _throughput(args) if args.mode == "throughput" else _mixed(args)
     if args.json:
@@ -93,31 +103,46 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _throughput(args: argparse.Namespace) -> dict:
-    results = {}
+    """One run of each model per phase: {"models": [per model: model, batching on/off, ratio,
+    relative_to_first], "before"}; with one model its figures are also at the top level."""
+    runs = [{"model": str(model)} for model in args.models]
     for name, batch_size in (("batching on", args.max_batch_size), ("batching off", 1)):
-        with _server(args, batch_size, one_client_may_fill=True) as server:
-            results[name] = asyncio.run(_load(server.url, args))
-        _print(name, results[name])
-    ratio = results["batching on"]["throughput"] / results["batching off"]["throughput"]
-    p95 = results["batching on"]["p95_ms"]
-    print(f"throughput ratio, on / off: {ratio:.2f}×   p95 with batching {p95:.0f} ms")
+        for record, model in zip(runs, args.models):
+            with _server(args, batch_size, model, one_client_may_fill=True) as server:
+                record[name] = asyncio.run(_load(server.url, args))
+            _print(name if len(runs) == 1 else f"{name}, {model.name}", record[name])
+    reference = runs[0]
+    for record in runs:
+        record["ratio"] = record["batching on"]["throughput"] / record["batching off"]["throughput"]
+        record["relative_to_first"] = {
+            name: record[name]["throughput"] / reference[name]["throughput"]
+            for name in ("batching on", "batching off")
+        }
+        p95 = record["batching on"]["p95_ms"]
+        print(f"{record['model']}: throughput ratio, on / off: {record['ratio']:.2f}×   p95 with "
+              f"batching {p95:.0f} ms")  # fmt: skip
+        if record is not reference:
+            relative = record["relative_to_first"]
+            print(f"   against {reference['model']}: {relative['batching on']:.2f}× batched, "
+                  f"{relative['batching off']:.2f}× unbatched")  # fmt: skip
     print(f"   before (issue #16 audit): {BEFORE['batching on']:.2f} / {BEFORE['batching off']:.2f} req/s = "
           f"{BEFORE['ratio']:.2f}×, p95 {BEFORE['p95_ms']:.0f} ms")  # fmt: skip
-    return {**results, "ratio": ratio, "before": BEFORE}
+    single = {key: value for key, value in reference.items() if key != "model"} if len(runs) == 1 else {}
+    return {"models": runs, **single, "before": BEFORE}
 
 
 class _server:
     """``gatesum serve`` in a child process on a free loopback port, until the block ends."""
 
     def __init__(
-        self, args: argparse.Namespace, max_batch_size: int, one_client_may_fill: bool = False
+        self, args: argparse.Namespace, max_batch_size: int, model: Path, one_client_may_fill: bool = False
     ) -> None:
         with socket.socket() as probe:
             probe.bind(("127.0.0.1", 0))
             self.port = probe.getsockname()[1]
         self.url = f"http://127.0.0.1:{self.port}"
         self.command = [sys.executable, "-m", "gatesum", "serve", "--port", str(self.port),
-                        "--model", str(args.model), "--max-batch-size", str(max_batch_size),
+                        "--model", str(model), "--max-batch-size", str(max_batch_size),
                         "--max-wait-ms", str(args.max_wait_ms), "--max-queue", "100000",
                         "--log-level", "warning"]  # fmt: skip
         if args.torch_threads:  # else GATESUM_TORCH_THREADS, or torch's default
@@ -197,7 +222,7 @@ def _mixed(args: argparse.Namespace) -> dict:
         "large": {"texts": [long_text] * args.large_texts, **MAXIMAL},
         "abandoned": {"texts": [long_text] * 4, "beam_size": 8, "max_length": 200, "min_length": 200},
     }
-    with _server(args, args.max_batch_size) as server:
+    with _server(args, args.max_batch_size, args.model) as server:
         rss_before = server.rss_mb()
         results = asyncio.run(_mixed_load(server.url, args, kinds))
         results["rss_mb"] = {"before": rss_before, "after": server.rss_mb()}
