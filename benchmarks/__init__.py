@@ -22,6 +22,10 @@ BENCHMARKS = {
         "gatesum.benchmarks.decode",
         "documents/s of bundles side by side on the same articles (beam search, 400-token sources)",
     ),
+    "select": (
+        "gatesum.benchmarks.select",
+        "the content selector's time and memory on 1,000 to 25,000-token documents",
+    ),
     "serve": (
         "gatesum.benchmarks.serve",
         "the REST service under concurrent load, micro-batching on and off",
