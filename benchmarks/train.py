@@ -1,8 +1,9 @@
 """``gatesum bench train``: full training steps of the input-feeding decoder and the parallel one.
 
-Times forward + backward + gradient clipping + AdamW step of three summarizers that differ only
-in the decoder, built from a training config's ``[model]`` table (default
-``configs/cnndm-small.toml``, its tokenizer's vocabulary size):
+Times forward + backward + gradient clipping + optimizer step (``gatesum train``'s own optimizer,
+from the config's ``[train]`` table) of three summarizers that differ only in the decoder, built
+from a training config's ``[model]`` table (default ``configs/cnndm-small.toml``, its
+tokenizer's vocabulary size):
 
     (a) input feeding, additive attention: the config as it is, stepped token by token
     (b) no input feeding, additive attention: the decoder LSTM over all positions at once
@@ -45,6 +46,8 @@ import torch
 from gatesum.model.config import ModelConfig
 from gatesum.model.kernels import lstm_ops
 from gatesum.model.summarizer import Summarizer
+from gatesum.training.options import TrainConfig
+from gatesum.training.train import make_optimizer
 
 CASES = {  # name -> ModelConfig overrides
     "(a) input feeding, additive": {"input_feeding": True},
@@ -53,6 +56,7 @@ CASES = {  # name -> ModelConfig overrides
 }
 W_C_IN_PHASE = 0.05  # any w_c ≠ 0: what the coverage phase has after its first step
 TARGET_SPEEDUP = 3.0  # tokens/s of the parallel decoder over (a), issue #14
+OPTIMIZER_SETTINGS = ("optimizer", "learning_rate", "weight_decay")  # taken from [train], as by gatesum train
 CLOCKS = {"cpu": time.process_time, "wall": time.perf_counter}
 
 
@@ -120,7 +124,8 @@ def train_step(config: ModelConfig, train: dict, batch: Batch, phase: str) -> Ca
         loss_weight = coverage_loss_weight(train)
         with torch.no_grad():
             model.decoder.attention.w_c.fill_(W_C_IN_PHASE)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=train.get("learning_rate", 1e-3))
+    settings = {name: train[name] for name in OPTIMIZER_SETTINGS if name in train}
+    optimizer = make_optimizer(model.parameters(), TrainConfig(**settings))
     grad_clip = train.get("grad_clip", 1.0)
 
     def step() -> None:
