@@ -1,5 +1,6 @@
 """Plots of the experiments: ROUGE by source length (``gatesum memory compare``), training curves
-at equal time (``gatesum compare``)."""
+at equal time (``gatesum compare``), content selectors by source length (``gatesum select
+compare``)."""
 
 from __future__ import annotations
 
@@ -59,6 +60,34 @@ def plot_equal_time(runs: list[dict], png_path: Path) -> None:
     rouge_axis.set(xlabel=f"training minutes ({clock} clock)", ylabel="ROUGE-Lsum F1 ×100",
                    title="Greedy ROUGE-Lsum on the validation sample")  # fmt: skip
     loss_axis.legend(fontsize=8)
+    figure.tight_layout()
+    figure.savefig(png_path, dpi=110)
+    plt.close(figure)
+
+
+def plot_selectors(runs: list[dict], lead3: dict, png_path: Path) -> None:
+    """``gatesum select compare``'s runs by source length: token ROC AUC (left) and extractive
+    ROUGE-Lsum minus Lead-3's on the same documents (right), one line per run, colored by cell
+    (solid: bidirectional, dashed: one direction). A bucket without documents has no point."""
+    figure, (auc_axis, gap_axis) = plt.subplots(1, 2, figsize=(12, 4.4))
+    colors = {"rnn": "tab:red", "gru": "tab:blue", "lstm": "tab:green"}
+    leads = {bucket["bucket"]: bucket["model"] for bucket in lead3["by_source_words"]}
+    for run in runs:
+        line = {"marker": "o", "color": colors.get(run["cell"]), "label": run["name"]}
+        style = "-" if run["bidirectional"] else "--"
+        buckets = [
+            b for b in run["selection"]["by_source_words"] if b["metrics"] and b["metrics"]["auc"] is not None
+        ]
+        auc_axis.plot([b["bucket"] for b in buckets], [b["metrics"]["auc"] for b in buckets], style, **line)
+        extracted = [b for b in run["extractive"]["by_source_words"] if b["model"] is not None]
+        gaps = [b["model"]["rougeLsum"] - leads[b["bucket"]]["rougeLsum"] for b in extracted]
+        gap_axis.plot([b["bucket"] for b in extracted], gaps, style, **line)
+    gap_axis.axhline(0, color="grey", lw=0.8)
+    auc_axis.set(xlabel="source length (words)", ylabel="token ROC AUC",
+                 title="Selection quality, same training budget")  # fmt: skip
+    gap_axis.set(xlabel="source length (words)", ylabel="ROUGE-Lsum − Lead-3",
+                 title="Extractive summaries against Lead-3")  # fmt: skip
+    auc_axis.legend(fontsize=8)
     figure.tight_layout()
     figure.savefig(png_path, dpi=110)
     plt.close(figure)

@@ -24,7 +24,7 @@ COMMANDS: dict[str, str] = {
     "compare": "training runs given equal CPU time, judged by beam ROUGE on validation",
     "memory": "the long-document memory experiment and traces",
     "export": "copy a trained bundle into a shippable one (float16 weights)",
-    "select": "the content selector: gatesum select train (resumable)",
+    "select": "the content selector: gatesum select train (resumable), gatesum select compare (cells)",
     "bench": "benchmarks: cells, serve",
 }
 
@@ -47,8 +47,8 @@ def _module(command: str) -> ModuleType:
         from gatesum.experiments import memory as module
     elif command == "export":
         from gatesum.training import export as module
-    elif command == "select":
-        from gatesum.training import selector as module
+    elif command == "select":  # train: training/selector.py; compare, an experiment, adds itself to it
+        from gatesum.experiments import compare_selectors as module
     else:
         import gatesum.benchmarks as module
     return module

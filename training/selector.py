@@ -10,7 +10,12 @@ default the bundled model), so it always ships beside that summarizer. Writes in
 
     checkpoint/     selector.safetensors + selector.json + trainer_state.pt, for --resume
     best/           the summarizer bundle with the best selector so far added: ready to serve
-    metrics.jsonl   one JSON object per log line and per validation
+    metrics.jsonl   one JSON object per log line and per validation, and a "start" and a "stop"
+                    event per session (the clock, the limits, why it stopped)
+
+``clock = "cpu"`` (``training/clock.py``) gives runs that share a machine equal budgets: the
+cell comparison (``gatesum select compare``, experiments/compare_selectors.py) trains its six
+selectors side by side on it.
 
 Validation reports token-level loss, precision/recall/F1 at 0.5 and ROC AUC, and the
 sentence-level quality: ROUGE of a 3-sentence extractive summary by the selector's sentence
@@ -43,6 +48,7 @@ from torch.nn.utils.rnn import pad_sequence
 from gatesum.model.bundle import (
     BUNDLED_MODEL,
     TOKENIZER_FILE,
+    load_selector,
     load_weights,
     read_card,
     recover_directory,
@@ -61,6 +67,7 @@ from gatesum.model.selector import (
 from gatesum.model.text import NormalizerConfig, normalize
 from gatesum.model.tokenizer import PAD_ID, Tokenizer
 from gatesum.training import checkpoint
+from gatesum.training.clock import CLOCKS, TrainingClock
 from gatesum.training.data import DataConfig, TokenBatchSampler, load_pairs
 from gatesum.training.options import _add_flag, _parse_value, option
 from gatesum.training.rouge import rouge
@@ -68,6 +75,7 @@ from gatesum.training.setup import validation_pairs
 
 _LABELS_VERSION = 1  # bump when label_pairs' output changes, to invalidate old caches
 SELECTOR_STATE = "selector.json"
+RUN_WEIGHTS = ("checkpoint", "best")  # a run's selectors: at the end of its budget, at its best validation
 
 # --- labels: the paper's alignment ----------------------------------------------------------------
 
@@ -200,6 +208,9 @@ class SelectorTrainConfig:
     grad_clip: float = option(5.0, "clip the gradient norm: recurrent nets' gradients can explode")
     max_steps: int | None = option(None, "stop after this many optimizer steps")
     max_minutes: float | None = option(None, "stop after this much training time (resumed runs count it all)")
+    clock: str = option("wall", "what max_minutes and elapsed_s count: wall (all time) or cpu (this "
+                        "process's CPU time in training, validation and checkpoint saves excluded: "
+                        "equal budgets on a shared machine); fixed on --resume")  # fmt: skip
     max_epochs: int = option(1, "stop after this many passes over the training data")
     log_every: int = option(20, "steps between log lines")
     eval_every: int = option(500, "steps between validations")
@@ -231,7 +242,9 @@ class SelectorOptions:
         return {name: dataclasses.asdict(getattr(self, name)) for name in SECTIONS}
 
 
-def add_arguments(parser: argparse.ArgumentParser) -> None:
+def add_arguments(parser: argparse.ArgumentParser) -> argparse._SubParsersAction:
+    """The ``train`` action; returns the actions, to which ``gatesum select compare`` (an
+    experiment: experiments/compare_selectors.py, which the library does not import) adds itself."""
     actions = parser.add_subparsers(dest="action", metavar="ACTION", required=True)
     train = actions.add_parser("train", help="train a content selector (config file + flags), resumable")
     train.add_argument("--config", type=Path, help="TOML file with [model] [data] [train] tables")
@@ -244,6 +257,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         for item in dataclasses.fields(SECTIONS[section]):
             flag = "--" + item.name.replace("_", "-")
             _add_flag(group, flag, section, item, hints[item.name], item.metadata["help"])
+    return actions
 
 
 def load_options(args: argparse.Namespace) -> SelectorOptions:
@@ -279,6 +293,8 @@ def load_options(args: argparse.Namespace) -> SelectorOptions:
             raise GatesumError(f"[{name}]: {error}") from None
     if built["train"].best_metric not in _SCORES:
         raise GatesumError(f"[train] best_metric must be one of {_SCORES}")
+    if built["train"].clock not in CLOCKS:
+        raise GatesumError(f"[train] clock must be one of {tuple(CLOCKS)}, not {built['train'].clock!r}")
     return SelectorOptions(**built)
 
 
@@ -421,7 +437,10 @@ class SelectorTrainer:
         self._prepare()
         config = self.config
         metrics = self.output_dir / "metrics.jsonl"
-        started = time.monotonic() - self.elapsed
+        clock = TrainingClock(config.clock, self.elapsed)
+        self._log(metrics, {"event": "start", "step": self.step, "clock": config.clock,
+                            "max_minutes": config.max_minutes, "max_steps": config.max_steps,
+                            "max_epochs": config.max_epochs, "elapsed_s": clock.seconds()})  # fmt: skip
         window_start, window_tokens, window_loss, window_steps = time.monotonic(), 0, 0.0, 0
         batches = self.batches()
         self.model.train()
@@ -430,7 +449,7 @@ class SelectorTrainer:
             if config.max_steps is not None and self.step >= config.max_steps:
                 stop_reason = "max_steps"
                 break
-            if config.max_minutes is not None and time.monotonic() - started >= 60 * config.max_minutes:
+            if config.max_minutes is not None and clock.seconds() >= 60 * config.max_minutes:
                 stop_reason = "max_minutes"
                 break
             batch = next(batches, None)
@@ -444,18 +463,21 @@ class SelectorTrainer:
                 record = {"step": self.step, "loss": window_loss / window_steps, "epoch": self.sampler.epoch,
                           "tokens_per_s": window_tokens / (now - window_start),
                           "s_per_1k_tokens": 1000 * (now - window_start) / window_tokens,
-                          "lr": self.scheduler.get_last_lr()[0], "elapsed_s": now - started}  # fmt: skip
+                          "lr": self.scheduler.get_last_lr()[0], "elapsed_s": clock.seconds()}  # fmt: skip
                 print(f"step {self.step}: loss {record['loss']:.4f}, {record['tokens_per_s']:.0f} tokens/s "
                       f"({record['s_per_1k_tokens']:.3f} s per 1,000), {record['elapsed_s'] / 60:.1f} min",
                       flush=True)  # fmt: skip
                 self._log(metrics, record)
                 window_start, window_tokens, window_loss, window_steps = now, 0, 0.0, 0
             if self.step % config.eval_every == 0:
-                self._validate(metrics, started)
+                self._validate(metrics, clock)
             elif self.step % config.checkpoint_every == 0:
-                self._save_checkpoint(started)
+                with clock.excluded():
+                    self._save_checkpoint(clock.seconds())
         if self.step % config.eval_every != 0:
-            self._validate(metrics, started)
+            self._validate(metrics, clock)
+        self._log(metrics, {"event": "stop", "step": self.step, "reason": stop_reason,
+                            "elapsed_s": self.elapsed})  # fmt: skip
         print(f"stopped at step {self.step} ({stop_reason}); best {config.best_metric}: "
               f"{self.best_score}; bundle with the selector in {self.output_dir}/best")  # fmt: skip
 
@@ -489,10 +511,15 @@ class SelectorTrainer:
         record.update({f"lead_{name}": lead[name] for name in ("rouge1", "rouge2", "rougeLsum")})
         return record
 
-    def _validate(self, metrics: Path, started: float) -> None:
+    def _validate(self, metrics: Path, clock: TrainingClock) -> None:
+        """Validation, best/ and a checkpoint: outside the training time on the cpu clock."""
+        with clock.excluded():
+            self._validate_now(metrics, clock.seconds())
+
+    def _validate_now(self, metrics: Path, trained: float) -> None:
         self.model.eval()
         with torch.no_grad():
-            record = {"step": self.step, **self.validation_scores(), "elapsed_s": time.monotonic() - started}
+            record = {"step": self.step, **self.validation_scores(), "elapsed_s": trained}
         self.model.train()
         score = record[self.config.best_metric]
         lower_is_better = self.config.best_metric == "loss"
@@ -507,10 +534,11 @@ class SelectorTrainer:
               f"{record['rougeLsum']:.2f}, Lead-{self.config.extract_sentences} {record['lead_rouge1']:.2f}/"
               f"{record['lead_rouge2']:.2f}/{record['lead_rougeLsum']:.2f}" + (" (best)" if better else ""),
               flush=True)  # fmt: skip
+        self.elapsed = trained
         if better:
             self.best_score = score
             save_with_selector(self.bundle, self.output_dir / "best", self.model, self._facts(record))
-        self._save_checkpoint(started)
+        self._save_checkpoint(trained)
 
     def _facts(self, record: dict | None = None) -> dict[str, Any]:
         return {
@@ -523,17 +551,18 @@ class SelectorTrainer:
 
     def _run_settings(self) -> dict[str, Any]:
         """What a resumed run must share with the run it continues: the architecture, the ids it
-        reads, and everything that decides the labels and the order of the batches."""
+        reads, everything that decides the labels and the order of the batches, and the clock
+        (the elapsed time saved so far was counted on it)."""
         data = {
             key: value for key, value in dataclasses.asdict(self.options.data).items() if key != "cache_dir"
         }
         return {"model": self.model.config.to_dict(), "tokenizer_fingerprint": self.tokenizer.fingerprint,
-                "data": data, "seed": self.config.seed}  # fmt: skip
+                "data": data, "seed": self.config.seed, "clock": self.config.clock}  # fmt: skip
 
-    def _save_checkpoint(self, started: float) -> None:
+    def _save_checkpoint(self, trained: float) -> None:
         """checkpoint/ as one directory swapped in whole (``replace_directory``): weights, settings
-        and the trainer state always belong to the same step."""
-        self.elapsed = time.monotonic() - started
+        and the trainer state always belong to the same step, ``trained`` seconds in."""
+        self.elapsed = trained
         state = {
             "step": self.step, "elapsed": self.elapsed, "best_score": self.best_score,
             "sampler": self.sampler.state_dict(), "optimizer": self.optimizer.state_dict(),
@@ -566,6 +595,7 @@ class SelectorTrainer:
     def _restore(self, state: dict[str, Any]) -> None:
         directory = self.output_dir / "checkpoint"
         saved = json.loads((directory / SELECTOR_STATE).read_text(encoding="utf-8"))
+        saved.setdefault("clock", "wall")  # checkpoints from before the clock option counted wall time
         current = self._run_settings()
         if differ := sorted(key for key in current if saved.get(key) != current[key]):
             raise GatesumError(
@@ -584,6 +614,39 @@ class SelectorTrainer:
     def _log(self, path: Path, record: dict) -> None:
         with open(path, "a", encoding="utf-8") as file:
             file.write(json.dumps(record) + "\n")
+
+
+def load_run_selector(run: Path, weights: str, tokenizer: Tokenizer) -> ContentSelector:
+    """The content selector of a ``gatesum select train`` output directory, for ``tokenizer``'s
+    ids (checked by fingerprint), in eval mode: with ``weights`` "checkpoint" the weights at the
+    end of its budget, with "best" those of its best validation (the bundle in best/).
+    GatesumError, in one line, for a directory that has no such selector."""
+    directory = Path(run) / weights
+    if weights not in RUN_WEIGHTS:
+        raise GatesumError(f"weights must be one of {RUN_WEIGHTS}, not {weights!r}")
+    if not directory.is_dir():
+        raise GatesumError(f"{run}: no {weights}/ (is it a gatesum select train output directory?)")
+    recover_directory(directory)
+    if weights == "best":
+        card = read_card(directory)
+        if "selector" not in card:
+            raise GatesumError(f"{directory}: a bundle without a content selector")
+        selector = load_selector(directory, card, tokenizer)
+    else:
+        path = directory / SELECTOR_STATE
+        try:
+            saved = json.loads(path.read_text(encoding="utf-8"))
+            config = SelectorConfig.from_dict(saved["model"])
+        except FileNotFoundError:
+            raise GatesumError(f"{path}: missing (is {run} a gatesum select train run?)") from None
+        except (ValueError, KeyError, TypeError) as error:  # JSONDecodeError is a ValueError
+            raise GatesumError(f"{path}: unreadable selector settings ({error})") from None
+        if (trained_with := saved.get("tokenizer_fingerprint")) != tokenizer.fingerprint:
+            raise GatesumError(f"{path}: the selector was trained with another tokenizer "
+                               f"({trained_with}, this one is {tokenizer.fingerprint})")  # fmt: skip
+        selector = ContentSelector(config)
+        load_weights(selector, directory / "selector.safetensors")
+    return selector.eval()
 
 
 def _python_rng_state() -> tuple:

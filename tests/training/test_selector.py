@@ -14,7 +14,8 @@ from gatesum.model.bundle import load_bundle
 from gatesum.model.selector import ContentSelector, SelectorConfig
 from gatesum.model.text import NormalizerConfig, normalize
 from gatesum.model.tokenizer import Tokenizer
-from gatesum.training.selector import align_labels, label_pairs, roc_auc, token_metrics
+from gatesum.training import clock
+from gatesum.training.selector import SelectorTrainer, align_labels, label_pairs, roc_auc, token_metrics
 from tests.helpers import write_pairs
 
 
@@ -144,8 +145,60 @@ def test_resume_continues_exactly_and_refuses_other_settings(gatesum, tiny_bundl
     for name, tensor in load_file(str(straight / "checkpoint" / "selector.safetensors")).items():
         other = load_file(str(stopped / "checkpoint" / "selector.safetensors"))[name]
         torch.testing.assert_close(other, tensor, atol=1e-6, rtol=0)
-    steps = [json.loads(line)["step"] for line in (stopped / "metrics.jsonl").read_text().splitlines()]
+    records = [json.loads(line) for line in (stopped / "metrics.jsonl").read_text().splitlines()]
+    steps = [record["step"] for record in records if "event" not in record]
     assert steps[:6] == [1, 2, 3, 3, 4, 5]  # steps 1-3, the validation at 3, then 4-6 resumed
+    events = [(record["event"], record["step"]) for record in records if "event" in record]
+    assert events == [("start", 0), ("stop", 3), ("start", 3), ("stop", 6)]  # one pair per session
     bundle = load_bundle(stopped / "best")
     assert bundle.selector is not None and bundle.selector.config.hidden_size == 8
     assert "auc" in bundle.card["selector"]["metrics"]["validation"]
+
+
+def test_the_cpu_clock_counts_training_only_and_is_fixed_on_resume(
+    gatesum, tiny_bundle, tmp_path, monkeypatch
+):
+    """On the cpu clock, max_minutes and elapsed_s count training steps, not validation or saves.
+
+    A fake CPU clock moves 1 s per training step and 1,000 s per validation: a budget of 4 s
+    stops after 4 steps although two validations ran on the way (on time that counted them it
+    would stop after the first validation, at step 2)."""
+    now = [0.0]
+    monkeypatch.setitem(clock.CLOCKS, "cpu", lambda: now[0])
+    train_step, validation_scores = SelectorTrainer._train_step, SelectorTrainer.validation_scores
+
+    def step(self, batch):
+        now[0] += 1.0
+        return train_step(self, batch)
+
+    def validate(self):
+        now[0] += 1000.0
+        return validation_scores(self)
+
+    monkeypatch.setattr(SelectorTrainer, "_train_step", step)
+    monkeypatch.setattr(SelectorTrainer, "validation_scores", validate)
+    data, output = write_pairs(tmp_path / "pairs.jsonl", 40), tmp_path / "cpu"
+    budget = ("--clock", "cpu", "--max-minutes", str(4 / 60), "--eval-every", "2")
+    result = gatesum(*selector_arguments(data, output, tiny_bundle, 10, *budget))
+    assert result.code == 0, result.err
+    assert "stopped at step 4 (max_minutes)" in result.out
+    records = [json.loads(line) for line in (output / "metrics.jsonl").read_text().splitlines()]
+    assert records[0] == {"event": "start", "step": 0, "clock": "cpu", "max_minutes": 4 / 60, "max_steps": 10,
+                          "max_epochs": 1, "elapsed_s": 0.0}  # fmt: skip
+    assert [(r["step"], r["elapsed_s"]) for r in records if "loss" in r] == [(1, 1), (2, 2), (3, 3), (4, 4)]
+    assert [r["elapsed_s"] for r in records if "auc" in r] == [2.0, 4.0]  # validations at steps 2 and 4
+    assert records[-1] == {"event": "stop", "step": 4, "reason": "max_minutes", "elapsed_s": 4.0}
+    assert json.loads((output / "checkpoint" / "selector.json").read_text())["clock"] == "cpu"
+
+    more = ("--max-minutes", str(6 / 60), "--eval-every", "2", "--resume")
+    refused = gatesum(*selector_arguments(data, output, tiny_bundle, 10, "--clock", "wall", *more))
+    assert refused.code == 2 and "clock settings differ" in refused.err  # 4 s were counted on the cpu clock
+    resumed = gatesum(*selector_arguments(data, output, tiny_bundle, 10, "--clock", "cpu", *more))
+    assert resumed.code == 0 and "resuming from step 4" in resumed.out
+    assert "stopped at step 6 (max_minutes)" in resumed.out  # 4 s saved + 2 more steps
+
+
+def test_a_bad_clock_is_one_error_line(gatesum, tiny_bundle, tmp_path):
+    data = write_pairs(tmp_path / "pairs.jsonl", 8)
+    result = gatesum(*selector_arguments(data, tmp_path / "out", tiny_bundle, 1, "--clock", "gpu"))
+    assert result.code == 2 and "clock must be one of ('wall', 'cpu')" in result.err
