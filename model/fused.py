@@ -13,11 +13,10 @@ runs the generic ``scan`` under autograd. Why it is faster than autograd over ``
 * forward writes every step into preallocated buffers and records no graph; backward walks the
   steps in reverse with the LSTM derivatives written out, and computes the gradient of U = W_hh
   as ONE matmul over all steps at the end instead of a small one per step;
-* the bias is added inside the step's matmul (a oneDNN post-op), so the input projection is a
-  plain matmul that never copies the bias into a (T, B, 4H) buffer first;
-* the input projection runs ``chunk`` steps at a time into one reused buffer that stays in
-  cache, instead of writing all T steps (52 MB at B=32, T=400, H=256) up front: backward needs
-  the gates, not the pre-activations, so training projects in chunks too;
+* the input projection W x_t + b runs ``chunk`` steps at a time into one reused buffer that
+  stays in cache, instead of writing all T steps (52 MB at B=32, T=400, H=256) up front:
+  backward needs the gates, not the pre-activations, so training projects in chunks too; each
+  step then adds U h_{t−1} into that buffer in place (``addmm_`` on Uᵀ made contiguous once);
 * on CPU float32 the loops run in C++ (``csrc/lstm.cpp``, built by ``model.kernels``), each
   step's pointwise work one pass over the data; without autograd ``lstm_inference`` runs a
   whole layer as one team of threads that meets once a step and writes the batch-first output
@@ -107,20 +106,12 @@ def _kernels(like: Tensor) -> Any | None:
     return lstm_ops() if like.device.type == "cpu" and like.dtype == torch.float32 else None
 
 
-def _pack(weights: Tensor, batch_size: int) -> tuple[list[Tensor], bool]:
-    """D weights (D, N, K) for ``_matmul_add``, and whether they were packed.
-
-    On CPU float32 each weight is packed once for oneDNN: 182 vs 205 µs per step for
-    (32×256)·(256×1024) on one thread, partly because addmm first copies ``added`` into its
-    output, while oneDNN adds it as a post-op. Anything else (float64, CUDA) stays as it is.
-    """
-    if _can_pack(weights):
-        try:
-            packed = [torch.ops.mkldnn._reorder_linear_weight(w.contiguous(), batch_size) for w in weights]
-            return packed, True
-        except RuntimeError:  # shapes oneDNN turns down
-            pass
-    return list(weights.unbind(0)), False
+def _transposed(weights: Tensor) -> list[Tensor]:
+    """D weights (D, N, K) -> D × Wᵀ (K, N), each contiguous, for ``addmm``. At one CPU thread
+    MKL's addmm on these beats oneDNN's packed weight with the sum as a post-op at every size we
+    measured: 17 vs 55 µs for (16×128)·(128×512) in place, 119 vs 188 µs for (32×256)·(256×1024);
+    addmm on the transposed view ``W.t()`` took 33 µs at the first size."""
+    return [weight.t().contiguous() for weight in weights]
 
 
 def _can_pack(weights: Tensor) -> bool:
@@ -135,14 +126,6 @@ def _can_pack(weights: Tensor) -> bool:
     return hasattr(torch.ops.mkldnn, "_reorder_linear_weight") and hasattr(
         torch.ops.mkldnn, "_linear_pointwise"
     )
-
-
-def _matmul_add(x: Tensor, added: Tensor, weight: Tensor, bias: Tensor | None, packed: bool) -> Tensor:
-    """added + x Wᵀ (+ bias) for x (B, K), added (B, N), weight (N, K) from ``_pack``, bias (N,)."""
-    if packed:
-        return torch.ops.mkldnn._linear_pointwise.binary(x, added, weight, bias, "add")
-    out = torch.addmm(added, x, weight.t())
-    return out if bias is None else out.add_(bias)
 
 
 def _tanh(x: Tensor, out: Tensor) -> Tensor:
@@ -166,10 +149,8 @@ def _forward(projected: Tensor, weight_hh: Tensor, bias: Tensor, h0: Tensor, c0:
     [i, f, o, g] (D, T, B, 4H) and tanh(C_t) (D, T, B, H) for backward."""
     D, C, B, G = projected.shape
     if (ops := _kernels(projected)) is not None:
-        return ops.lstm_forward(
-            projected, x, weight_ih, weight_hh, bias, h0, c0, _can_pack(weight_hh), keep_gates
-        )
-    weights, packed = _pack(weight_hh, B)
+        return ops.lstm_forward(projected, x, weight_ih, weight_hh, bias, h0, c0, keep_gates)
+    weights = _transposed(weight_hh)  # D × Uᵀ (H, 4H)
     T, H = (C if x is None else x.shape[1]), G // 4
     hs, cs = projected.new_empty(D, T + 1, B, H), projected.new_empty(D, T + 1, B, H)
     hs[:, 0], cs[:, 0] = h0, c0
@@ -183,14 +164,18 @@ def _forward(projected: Tensor, weight_hh: Tensor, bias: Tensor, h0: Tensor, c0:
     c_steps, h_steps = cs.unbind(1), hs.unbind(1)  # (T+1) × (D, B, H)
     for t in range(T):
         s, k = (t if keep_gates else 0), t % C
-        if x is not None and k == 0:  # W x_t for the next C steps, written into the buffer
+        if x is not None and k == 0:  # W x_t + b for the next C steps, written into the buffer
             n = min(T - t, C)
-            torch.bmm(
+            torch.baddbmm(
+                bias.unsqueeze(1),
                 x[:, t : t + n].reshape(D, n * B, x.shape[-1]),
                 weight_ih,
                 out=projected[:, :n].view(D, n * B, G),
             )
-        pre = [_matmul_add(step_hs[d][t], step_inputs[d][k], weights[d], bias[d], packed) for d in range(D)]
+        if x is not None:  # a_t = (W x_t + b) + U h_{t−1}, in our buffer in place
+            pre = [step_inputs[d][k].addmm_(step_hs[d][t], weights[d]) for d in range(D)]
+        else:  # the caller's W x_t: left as it is
+            pre = [torch.addmm(step_inputs[d][k], step_hs[d][t], weights[d]).add_(bias[d]) for d in range(D)]
         _forward_pointwise(pre, c_steps[t], gate_steps[s], c_steps[t + 1], tanh_steps[s], h_steps[t + 1])
     return hs, cs, gates, tanh_cs
 
@@ -217,9 +202,8 @@ def _backward(weight_hh: Tensor, cs: Tensor, gates: Tensor, tanh_cs: Tensor, gra
     D, T, B, G = gates.shape
     H = G // 4
     if (ops := _kernels(gates)) is not None:
-        return ops.lstm_backward(weight_hh, _can_pack(weight_hh), cs, gates, tanh_cs, grad_hs, grad_cs)
-    # dh_{t−1} = da_t U (+ the gradient from the output at t−1, added by oneDNN as a post-op)
-    weights, packed = _pack(weight_hh.transpose(1, 2), B)  # D × Uᵀ (H, 4H)
+        return ops.lstm_backward(weight_hh, cs, gates, tanh_cs, grad_hs, grad_cs)
+    weights = weight_hh.contiguous().unbind(0)  # D × U (4H, H): dh_{t−1} = da_t U
     grad_a = torch.empty_like(gates)  # (D, T, B, 4H): da_t, also the grad of ``projected``
     zero = gates.new_zeros(B, H)
     grad_h = [grad.unbind(0) for grad in grad_hs] if grad_hs is not None else [[zero] * T] * D
@@ -233,7 +217,7 @@ def _backward(weight_hh: Tensor, cs: Tensor, gates: Tensor, tanh_cs: Tensor, gra
         # c[t] is C_{t−1}: cs starts with C_0
         _backward_pointwise(dh, dc, gate_steps[t], tanh_c[t], c[t], grad_c_prev, grad_a_steps[t])
         added = [grad_h[d][t - 1] if t > 0 else zero for d in range(D)]
-        dh = [_matmul_add(grad_a_rows[d][t], added[d], weights[d], None, packed) for d in range(D)]
+        dh = [torch.addmm(added[d], grad_a_rows[d][t], weights[d]) for d in range(D)]
     return grad_a, _join(dh), dc
 
 

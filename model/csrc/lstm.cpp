@@ -5,7 +5,8 @@
 // makes ~10 small torch calls for the pointwise work, each a few microseconds of dispatch on
 // 32 x 256 floats, plus the interpreter's own time; here the loop is C++ and the pointwise
 // work is one pass over the data, split over torch's threads by batch row. The matmuls are
-// torch's: the same oneDNN call on a weight packed once (or addmm) as on the Python path.
+// torch's: in training the same addmm on a weight transposed once as on the Python path; in
+// inference (one team of threads, see lstm_inference) oneDNN's call on a weight packed once.
 //
 // Equations (gate order [i, f, o, ~C], as in LSTMCell), with a_t = W x_t + U h_{t-1} + b:
 //   i, f, o = s(a_i), s(a_f), s(a_o);  g = tanh(a_c)  (s: the logistic sigmoid)
@@ -161,25 +162,25 @@ void check_float(const Tensor& tensor, const char* name) {
   TORCH_CHECK(tensor.device().is_cpu() && tensor.scalar_type() == at::kFloat, name, ": CPU float32 only");
 }
 
-// D weights (N, K) for matmul_add: packed for oneDNN with `batch` rows when `pack`, else as they are.
-std::vector<Tensor> weights_for(const Tensor& weights, int64_t batch, bool pack) {
-  std::vector<Tensor> out = weights.unbind(0);
-  if (pack) {
-    for (Tensor& weight : out) weight = reorder_linear_weight(weight.contiguous(), batch);
-  }
+// D weights (N, K) -> D x W^T (K, N), each contiguous. The training loops multiply by these with
+// MKL's addmm: at one thread it beats oneDNN's packed weight with the sum as a post-op at every
+// size we measured, 17 vs 55 us for (16 x 128)(128 x 512) in place, 119 vs 188 us for
+// (32 x 256)(256 x 1024), where addmm on the transposed view W.t() took 33 us at the first size.
+std::vector<Tensor> transposed(const Tensor& weights) {
+  std::vector<Tensor> out;
+  for (const Tensor& weight : weights.unbind(0)) out.push_back(weight.t().contiguous());
   return out;
 }
 
 // The time loop. projected (D, C, B, G) holds W x_t for all T = C steps, or, with x (D, T, B, I)
-// and weight_ih (D, I, G), it is a buffer refilled with C steps at a time. weight_hh (D, G, H),
-// packed here for oneDNN when `pack`; bias (D, G); h0, c0 (D, B, H). Returns hs, cs
+// and weight_ih (D, I, G), it is a buffer refilled with W x_t + b for C steps at a time, to which
+// each step adds U h_{t-1} in place. weight_hh (D, G, H); bias (D, G); h0, c0 (D, B, H). Returns hs, cs
 // (D, T+1, B, H) with h0, C0 first, and, when keep_gates, the activations (D, T, B, G) and
 // tanh(C_t) (D, T, B, H).
 std::tuple<Tensor, Tensor, Tensor, Tensor> lstm_forward(const Tensor& projected, const std::optional<Tensor>& x,
                                                         const std::optional<Tensor>& weight_ih,
                                                         const Tensor& weight_hh, const Tensor& bias,
-                                                        const Tensor& h0, const Tensor& c0, bool pack,
-                                                        bool keep_gates) {
+                                                        const Tensor& h0, const Tensor& c0, bool keep_gates) {
   const int64_t D = projected.size(0), C = projected.size(1), B = projected.size(2), G = projected.size(3);
   const int64_t H = G / 4, T = x ? x->size(1) : C;
   check_float(projected, "projected"), check_float(h0, "h0"), check_float(c0, "c0");
@@ -192,7 +193,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> lstm_forward(const Tensor& projected,
   Tensor tanh_cs = at::empty({D, kept, B, H}, projected.options());
   const auto h_steps = steps_of(hs), c_steps = steps_of(cs), gate_steps = steps_of(gates);
   const auto tanh_steps = steps_of(tanh_cs), inputs = steps_of(projected);
-  const std::vector<Tensor> biases = bias.unbind(0), weights = weights_for(weight_hh, B, pack);
+  const std::vector<Tensor> biases = bias.unbind(0), weights_t = transposed(weight_hh);  // D x U^T (H, G)
   const std::vector<Tensor> buffers = projected.unbind(0);  // D x (C, B, G)
   const std::vector<Tensor> xs = x ? x->unbind(0) : std::vector<Tensor>(), ws = x ? weight_ih->unbind(0) : xs;
   std::vector<Tensor> pre(D);
@@ -200,12 +201,14 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> lstm_forward(const Tensor& projected,
     for (int64_t t = 0; t < T; ++t) {
       const int64_t s = keep_gates ? t : 0, k = t % C;
       for (int64_t d = d0; d < d1; ++d) {
-        if (x && k == 0) {  // W x_t for the next C steps, written into the buffer
+        if (x && k == 0) {  // W x_t + b for the next C steps, written into the buffer
           const int64_t n = std::min(T - t, C);
           Tensor out = buffers[d].narrow(0, 0, n).view({n * B, G});
-          at::mm_out(out, xs[d].narrow(0, t, n).reshape({n * B, xs[d].size(2)}), ws[d]);
+          at::addmm_out(out, biases[d], xs[d].narrow(0, t, n).reshape({n * B, xs[d].size(2)}), ws[d]);
         }
-        pre[d] = matmul_add(h_steps[t][d], inputs[k][d], weights[d], biases[d], pack);
+        // a_t = (W x_t + b) + U h_{t-1}: in our buffer in place, else (the caller's W x_t) into a new tensor
+        pre[d] = x ? inputs[k][d].addmm_(h_steps[t][d], weights_t[d])
+                   : at::addmm(inputs[k][d], h_steps[t][d], weights_t[d]).add_(biases[d]);
       }
       forward_pointwise(pre, c_steps[t], gate_steps[s], c_steps[t + 1], tanh_steps[s], h_steps[t + 1], d0, d1);
     }
@@ -355,10 +358,9 @@ std::tuple<Tensor, Tensor, Tensor> lstm_inference(const Tensor& x, const Tensor&
   return {out, h_n, c_n};
 }
 
-// Backward through the loop. weight_hh (D, G, H), its transpose packed here for oneDNN when
-// `pack`; cs (D, T+1, B, H), gates, tanh_cs from lstm_forward; grad_hs, grad_cs (D, T, B, H) or
+// Backward through the loop. weight_hh (D, G, H); cs (D, T+1, B, H), gates, tanh_cs from lstm_forward; grad_hs, grad_cs (D, T, B, H) or
 // absent. Returns da (D, T, B, G) for every step, dh_0 and dC_0 (D, B, H).
-std::tuple<Tensor, Tensor, Tensor> lstm_backward(const Tensor& weight_hh, bool pack, const Tensor& cs,
+std::tuple<Tensor, Tensor, Tensor> lstm_backward(const Tensor& weight_hh, const Tensor& cs,
                                                  const Tensor& gates, const Tensor& tanh_cs,
                                                  const std::optional<Tensor>& grad_hs,
                                                  const std::optional<Tensor>& grad_cs) {
@@ -367,7 +369,7 @@ std::tuple<Tensor, Tensor, Tensor> lstm_backward(const Tensor& weight_hh, bool p
   for (const auto& grad : {grad_hs, grad_cs}) {
     TORCH_CHECK(!grad || (grad->is_contiguous() && grad->sizes() == tanh_cs.sizes()), "grads: (D, T, B, H)");
   }
-  const std::vector<Tensor> weights_t = weights_for(weight_hh.transpose(1, 2), B, pack);  // D x U^T (H, G)
+  const std::vector<Tensor> weights = weight_hh.contiguous().unbind(0);  // D x U (G, H)
   Tensor grad_a = at::empty_like(gates);
   Tensor dc = grad_cs ? grad_cs->select(1, T - 1).clone() : at::zeros({D, B, H}, gates.options());
   const Tensor zero = at::zeros({B, H}, gates.options());
@@ -385,7 +387,7 @@ std::tuple<Tensor, Tensor, Tensor> lstm_backward(const Tensor& weight_hh, bool p
       backward_pointwise(dh, dcs, gate_steps[t], tanh_steps[t], c_steps[t], grad_c_prev, grad_steps[t], d0, d1);
       for (int64_t d = d0; d < d1; ++d) {  // dh_{t-1} = da_t U + the gradient from the output at t-1
         const Tensor& added = grad_hs && t > 0 ? grad_h[t - 1][d] : zero;
-        dh[d] = matmul_add(grad_steps[t][d], added, weights_t[d], std::nullopt, pack);
+        dh[d] = at::addmm(added, grad_steps[t][d], weights[d]);
       }
     }
   });
@@ -396,8 +398,8 @@ std::tuple<Tensor, Tensor, Tensor> lstm_backward(const Tensor& weight_hh, bool p
 
 TORCH_LIBRARY(gatesum, m) {
   m.def("lstm_forward(Tensor(a!) projected, Tensor? x, Tensor? weight_ih, Tensor weight_hh, Tensor bias, "
-        "Tensor h0, Tensor c0, bool pack, bool keep_gates) -> (Tensor, Tensor, Tensor, Tensor)");
-  m.def("lstm_backward(Tensor weight_hh, bool pack, Tensor cs, Tensor gates, Tensor tanh_cs, "
+        "Tensor h0, Tensor c0, bool keep_gates) -> (Tensor, Tensor, Tensor, Tensor)");
+  m.def("lstm_backward(Tensor weight_hh, Tensor cs, Tensor gates, Tensor tanh_cs, "
         "Tensor? grad_hs, Tensor? grad_cs) -> (Tensor, Tensor, Tensor)");
   m.def("lstm_inference(Tensor x, Tensor weight_ih, Tensor weight_hh, Tensor bias, Tensor h0, Tensor c0, "
         "Tensor? lengths, bool pack, int chunk) -> (Tensor, Tensor, Tensor)");

@@ -8,7 +8,7 @@ import time
 import pytest
 import torch
 
-from gatesum.model import fused, kernels
+from gatesum.model import kernels
 from gatesum.model.fused import lstm_inference, lstm_recurrence
 from gatesum.model.recurrent import Recurrent
 
@@ -122,12 +122,6 @@ def test_bad_shapes_are_refused_with_a_message():
         kernels.lstm_ops().lstm_inference(x, weight_ih, weight_hh, bias, h0[:, :1], c0, None, False, 4)
     with pytest.raises(RuntimeError, match="lengths"):
         kernels.lstm_ops().lstm_inference(x, weight_ih, weight_hh, bias, h0, c0, torch.ones(3), False, 4)
-
-
-def test_pack_leaves_other_dtypes_alone():
-    weights = torch.randn(2, 8, 4, dtype=torch.float64)
-    unpacked, packed = fused._pack(weights, batch_size=3)
-    assert not packed and all(torch.equal(a, b) for a, b in zip(unpacked, weights, strict=True))
 
 
 @pytest.mark.parametrize("kernels_setting", ["auto", "off"])
