@@ -56,7 +56,23 @@ def reverse_padded(x: Tensor, lengths: Tensor | None) -> Tensor:
     last = lengths.to(x.device).unsqueeze(1) - 1  # (B, 1)
     index = torch.where(steps <= last, last - steps, steps)  # (B, T)
     index = index.view(*index.shape, *([1] * (x.dim() - 2))).expand_as(x)
-    return x.gather(1, index)
+    return _Reverse.apply(x, index)
+
+
+class _Reverse(torch.autograd.Function):
+    """x.gather(1, index) for an index that reverses within each length: a permutation that is
+    its own inverse, so backward is the same gather. Autograd's own backward of gather zeroes a
+    tensor of x's size and scatter-adds into it: 2.5 vs 3.2 ms at (16, 400, 128) on one thread."""
+
+    @staticmethod
+    def forward(ctx, x: Tensor, index: Tensor) -> Tensor:
+        ctx.save_for_backward(index)
+        return x.gather(1, index)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):
+        (index,) = ctx.saved_tensors
+        return grad.gather(1, index), None
 
 
 def padding_mask(lengths: Tensor, max_length: int) -> Tensor:
@@ -71,9 +87,12 @@ def _batch_first(hs: Tensor, lengths: Tensor | None, mask: Tensor | None) -> Ten
     intermediate ``cat``.
     """
     D, T, B, H = hs.shape
-    outputs = [hs[0].transpose(0, 1)]  # (B, T, H)
+    # unbind, not hs[0] and hs[1]: the backward of each index zero-fills a (D, T, B, H) gradient
+    # and the two are then added; unbind's backward stacks the two halves once
+    directions = hs.unbind(0)  # D × (T, B, H)
+    outputs = [directions[0].transpose(0, 1)]  # (B, T, H)
     if D == 2:
-        outputs.append(reverse_padded(hs[1].transpose(0, 1), lengths))
+        outputs.append(reverse_padded(directions[1].transpose(0, 1), lengths))
     mask = mask.unsqueeze(-1) if mask is not None else None  # (B, T, 1) bool
     if torch.is_grad_enabled() and hs.requires_grad:
         joined = outputs[0] if D == 1 else torch.cat(outputs, -1)

@@ -117,3 +117,8 @@ def test_gradients_flow_to_every_parameter():
 def test_unknown_cell_is_refused():
     with pytest.raises(ValueError, match="cell must be one of"):
         Recurrent("transformer", 3, 4)
+
+
+def test_reverse_padded_backward_is_the_gather_autograd_would_give():
+    x, lengths = torch.randn(3, 6, 2, dtype=torch.float64, requires_grad=True), torch.tensor([6, 4, 1])
+    torch.autograd.gradcheck(lambda x: reverse_padded(x, lengths), (x,))
