@@ -304,6 +304,8 @@ class ContinuousBatcher:
         for lane in (SHORT, LONG) if long_turn else (SHORT,):
             started = time.perf_counter()
             self._admit(lane)
+            if self.metrics is not None:  # tokenizing, the selector's pieces and encoding
+                self.metrics.reading_seconds.inc(time.perf_counter() - started)
             stepped = self._step(lane) or stepped
             seconds = time.perf_counter() - started
             if lane == LONG:

@@ -45,6 +45,11 @@ class Metrics:
         self.model_seconds = Counter(
             "gatesum_model_seconds", "time the model thread spent in decoder steps", registry=self.registry
         )
+        self.reading_seconds = Counter(
+            "gatesum_reading_seconds",
+            "time the model thread spent reading texts: tokenizing, the content selector's pass, encoding",
+            registry=self.registry,
+        )
         self.running_rows = Gauge(
             "gatesum_running_rows",
             "decoder rows (texts × beams) in the running batch",

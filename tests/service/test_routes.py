@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 from fastapi.testclient import TestClient
@@ -136,6 +137,9 @@ def test_metrics_count_requests_and_batches(client: TestClient) -> None:
     assert "gatesum_request_latency_seconds_bucket" in text
     assert "gatesum_batch_size_count 0.0" not in text and "gatesum_batch_size_count" in text
     assert "gatesum_queue_depth 0.0" in text
+    reading = re.search(r"^gatesum_reading_seconds_total (\S+)$", text, re.M)  # tokenizing, encoding
+    model = re.search(r"^gatesum_model_seconds_total (\S+)$", text, re.M)  # decoder steps
+    assert float(reading.group(1)) > 0 and float(model.group(1)) > 0
 
 
 def test_openapi_has_an_example_on_each_route(client: TestClient) -> None:
