@@ -54,7 +54,31 @@ def lstm_recurrence(x: Tensor, weight_ih: Tensor, weight_hh: Tensor, bias: Tenso
     c0 (D, B, H) -> hs, cs (D, T, B, H): h_t and C_t after every step. Differentiable in all
     inputs; the input projection goes ``chunk`` steps at a time.
     """
+    hs, cs, _, _ = _recurrence(x, weight_ih, weight_hh, bias, h0, c0, None, chunk)
+    return hs, cs
+
+
+def lstm_layer(x: Tensor, weight_ih: Tensor, weight_hh: Tensor, bias: Tensor, h0: Tensor, c0: Tensor,
+               last: Tensor | None, chunk: int = 16) -> tuple[Tensor, Tensor, Tensor]:  # fmt: skip
+    """``lstm_recurrence`` for a layer that reads h_t and each row's final state, but not C_t.
+
+    Arguments as ``lstm_recurrence``, and last (B,) int64: the step after which each row's final
+    state is taken (its length − 1), or None for the last step. Returns hs (D, T, B, H) and h_n,
+    c_n (D, B, H). Indexing hs[:, last, batch] outside would make backward zero-fill a
+    (D, T, B, H) gradient per index and add it to the outputs' (measured: ~7 ms a step at
+    D=2, T=400, B=16, H=128 on one thread); here the final-state gradients enter the backward
+    loop at each row's own step.
+    """
+    hs, _, h_n, c_n = _recurrence(x, weight_ih, weight_hh, bias, h0, c0, last, chunk)
+    return hs, h_n, c_n
+
+
+def _recurrence(x: Tensor, weight_ih: Tensor, weight_hh: Tensor, bias: Tensor, h0: Tensor, c0: Tensor,
+                last: Tensor | None, chunk: int) -> tuple[Tensor, Tensor, Tensor, Tensor]:  # fmt: skip
+    """hs, cs (D, T, B, H) and h_n, c_n (D, B, H) after step ``last`` (B,) (None: the last step)."""
     D, T, B, features = x.shape
+    if last is None:
+        last = torch.full((B,), T - 1, dtype=torch.long, device=x.device)
     weight: Tensor | None = weight_ih.transpose(1, 2)  # (D, I, 4H)
     if torch.is_autocast_enabled(x.device.type) or x.dtype != weight.dtype:
         # Under autocast the input projection comes out in bf16/fp16: the loop runs in its dtype.
@@ -63,9 +87,16 @@ def lstm_recurrence(x: Tensor, weight_ih: Tensor, weight_hh: Tensor, bias: Tenso
         weight = None  # x holds W x_t already
     inputs = (x, weight, weight_hh, bias, h0, c0)
     if torch.is_grad_enabled() and any(tensor is not None and tensor.requires_grad for tensor in inputs):
-        return _LSTMRecurrence.apply(*inputs, chunk)
+        return _LSTMRecurrence.apply(*inputs, chunk, last)
     hs, cs, _, _ = _run(*inputs, keep_gates=False, chunk=chunk)
-    return hs[:, 1:], cs[:, 1:]
+    return hs[:, 1:], cs[:, 1:], *_finals(hs, cs, last)
+
+
+def _finals(hs: Tensor, cs: Tensor, last: Tensor) -> tuple[Tensor, Tensor]:
+    """hs, cs (D, T+1, B, H) with h0, C0 first -> each row's state after step last[b] (D, B, H)."""
+    step = (last + 1).to(hs.device)  # (B,): hs[:, 0] holds h0
+    batch = torch.arange(hs.shape[2], device=hs.device)
+    return hs[:, step, batch], cs[:, step, batch]
 
 
 def lstm_inference(x: Tensor, weight_ih: Tensor, weight_hh: Tensor, bias: Tensor, h0: Tensor, c0: Tensor,
@@ -197,12 +228,27 @@ def _forward_pointwise(
 
 
 def _backward(weight_hh: Tensor, cs: Tensor, gates: Tensor, tanh_cs: Tensor, grad_hs: Tensor | None,
-              grad_cs: Tensor | None) -> tuple[Tensor, Tensor, Tensor]:  # fmt: skip
-    """Backward through the time loop: da_t (D, T, B, 4H) for every step, dh_0 and dC_0 (D, B, H)."""
+              grad_cs: Tensor | None, grad_h_n: Tensor | None, grad_c_n: Tensor | None,
+              last: Tensor) -> tuple[Tensor, Tensor, Tensor]:  # fmt: skip
+    """Backward through the time loop: da_t (D, T, B, 4H) for every step, dh_0 and dC_0 (D, B, H).
+
+    grad_h_n, grad_c_n (D, B, H) or None: the final states' gradients, of the state after step
+    last[b]. The compiled loop adds them in at those steps; here they are scattered into the
+    (D, T, B, H) gradients first (this path is for correctness, not speed).
+    """
     D, T, B, G = gates.shape
     H = G // 4
-    if (ops := _kernels(gates)) is not None:
-        return ops.lstm_backward(weight_hh, cs, gates, tanh_cs, grad_hs, grad_cs)
+    if (ops := _kernels(gates)) is not None:  # CPU: ``last`` is read on the host
+        finals = (grad_h_n, grad_c_n, last.long())
+        return ops.lstm_backward(weight_hh, cs, gates, tanh_cs, grad_hs, grad_cs, *finals)
+    batch = torch.arange(B, device=gates.device)
+    step = last.to(gates.device)
+    if grad_h_n is not None:
+        grad_hs = grad_hs.clone() if grad_hs is not None else gates.new_zeros(D, T, B, H)
+        grad_hs[:, step, batch] += grad_h_n  # (step, b) pairs are distinct: no index repeats
+    if grad_c_n is not None:
+        grad_cs = grad_cs.clone() if grad_cs is not None else gates.new_zeros(D, T, B, H)
+        grad_cs[:, step, batch] += grad_c_n
     weights = weight_hh.contiguous().unbind(0)  # D × U (4H, H): dh_{t−1} = da_t U
     grad_a = torch.empty_like(gates)  # (D, T, B, 4H): da_t, also the grad of ``projected``
     zero = gates.new_zeros(B, H)
@@ -242,23 +288,27 @@ def _backward_pointwise(dh: list[Tensor], dc: Tensor, gates: Tensor, tanh_c: Ten
 
 
 class _LSTMRecurrence(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, x: Tensor, weight: Tensor | None, weight_hh: Tensor, bias: Tensor, h0: Tensor,
-                c0: Tensor, chunk: int):  # fmt: skip
-        hs, cs, gates, tanh_cs = _run(x, weight, weight_hh, bias, h0, c0, keep_gates=True, chunk=chunk)
-        ctx.save_for_backward(x, weight, weight_hh, hs, cs, gates, tanh_cs)
-        ctx.set_materialize_grads(False)
-        return hs[:, 1:], cs[:, 1:]
+    """Outputs hs, cs (D, T, B, H) and the final states h_n, c_n (D, B, H) after step last (B,)."""
 
     @staticmethod
-    def backward(ctx, grad_hs: Tensor | None, grad_cs: Tensor | None):
-        x, weight, weight_hh, hs, cs, gates, tanh_cs = ctx.saved_tensors
+    def forward(ctx, x: Tensor, weight: Tensor | None, weight_hh: Tensor, bias: Tensor, h0: Tensor,
+                c0: Tensor, chunk: int, last: Tensor):  # fmt: skip
+        hs, cs, gates, tanh_cs = _run(x, weight, weight_hh, bias, h0, c0, keep_gates=True, chunk=chunk)
+        ctx.save_for_backward(x, weight, weight_hh, hs, cs, gates, tanh_cs, last)
+        ctx.set_materialize_grads(False)
+        return hs[:, 1:], cs[:, 1:], *_finals(hs, cs, last)
+
+    @staticmethod
+    def backward(ctx, grad_hs: Tensor | None, grad_cs: Tensor | None, grad_h_n: Tensor | None,
+                 grad_c_n: Tensor | None):  # fmt: skip
+        x, weight, weight_hh, hs, cs, gates, tanh_cs, last = ctx.saved_tensors
         D, T, B, G = gates.shape
-        # Gradients may come expanded or strided; the loops want them (D, T, B, H) contiguous.
-        grad_hs = grad_hs.contiguous() if grad_hs is not None else None
-        grad_cs = grad_cs.contiguous() if grad_cs is not None else None
-        grad_a, dh, dc = _backward(weight_hh, cs, gates, tanh_cs, grad_hs, grad_cs)  # da_t: (D, T, B, 4H)
-        flat = grad_a.view(D, T * B, G)
+        # Gradients may come expanded or strided; the loops want them contiguous.
+        grad_hs, grad_cs, grad_h_n, grad_c_n = (
+            grad.contiguous() if grad is not None else None for grad in (grad_hs, grad_cs, grad_h_n, grad_c_n)
+        )
+        grad_a, dh, dc = _backward(weight_hh, cs, gates, tanh_cs, grad_hs, grad_cs, grad_h_n, grad_c_n, last)
+        flat = grad_a.view(D, T * B, G)  # da_t: (D, T, B, 4H)
         grad_x = grad_weight = grad_weight_hh = grad_bias = None
         if weight is None:  # x was W x_t
             grad_x = grad_a
@@ -272,4 +322,4 @@ class _LSTMRecurrence(torch.autograd.Function):
             grad_weight_hh = torch.bmm(previous.transpose(1, 2), flat).transpose(1, 2)
         if ctx.needs_input_grad[3]:
             grad_bias = grad_a.sum((1, 2))
-        return grad_x, grad_weight, grad_weight_hh, grad_bias, dh, dc, None
+        return grad_x, grad_weight, grad_weight_hh, grad_bias, dh, dc, None, None

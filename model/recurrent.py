@@ -29,7 +29,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from gatesum.model.cells import CELLS
-from gatesum.model.fused import lstm_inference, lstm_recurrence
+from gatesum.model.fused import lstm_inference, lstm_layer, lstm_recurrence
 
 State = Tensor | tuple[Tensor, Tensor]  # h_n, or (h_n, c_n) for LSTM; each (L·D, B, H)
 STRETCH_MULTIPLE = 16  # the fused loops' input projection chunk (model/fused.py ``chunk``)
@@ -256,7 +256,7 @@ class Recurrent(nn.Module):
         return outputs, list(zip(h_n.unbind(0), c_n.unbind(0), strict=True))
 
     def _fused_layer(self, layer: int, x: Tensor, lengths: Tensor | None, mask: Tensor | None, initial):
-        """One LSTM layer, all directions at once, through ``lstm_recurrence``.
+        """One LSTM layer, all directions at once, through ``lstm_layer``.
 
         x (B, T, I) -> outputs (B, T, D·H), and [(h_n, c_n)] per direction, each (B, H).
         """
@@ -275,16 +275,13 @@ class Recurrent(nn.Module):
         if (inferred := lstm_inference(x, weight_ih, weight_hh, bias, h0, c0, lengths)) is not None:
             output, h_n, c_n = inferred  # without autograd, in our compiled loop
             return output, list(zip(h_n.unbind(0), c_n.unbind(0), strict=True))
-        hs, cs = lstm_recurrence(x, weight_ih, weight_hh, bias, h0, c0)  # (D, T, B, H) each
-        if lengths is None:
-            h_n, c_n = hs[:, -1], cs[:, -1]
-        else:
-            # Steps past a sequence's end ran on padding: its final state is at length − 1.
-            lengths = lengths.to(x.device)
-            last, batch = (lengths - 1).clamp(min=0), torch.arange(B, device=x.device)
-            empty = (lengths == 0).unsqueeze(1)  # (B, 1)
-            h_n = torch.where(empty, h0, hs[:, last, batch])
-            c_n = torch.where(empty, c0, cs[:, last, batch])
+        # Steps past a sequence's end ran on padding: its final state is the one after step length − 1.
+        lengths = lengths.to(x.device) if lengths is not None else None
+        last = (lengths - 1).clamp(min=0) if lengths is not None else None  # (B,)
+        hs, h_n, c_n = lstm_layer(x, weight_ih, weight_hh, bias, h0, c0, last)  # (D, T, B, H), (D, B, H) ×2
+        if lengths is not None:
+            empty = (lengths == 0).unsqueeze(1)  # (B, 1): no step read, the state stays the initial one
+            h_n, c_n = torch.where(empty, h0, h_n), torch.where(empty, c0, c_n)
         return _batch_first(hs, lengths, mask), list(zip(h_n.unbind(0), c_n.unbind(0), strict=True))
 
     def _split_state(self, state: State | None):

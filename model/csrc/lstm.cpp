@@ -358,17 +358,55 @@ std::tuple<Tensor, Tensor, Tensor> lstm_inference(const Tensor& x, const Tensor&
   return {out, h_n, c_n};
 }
 
+// Rows b that end at step t, for every t: the steps where each row's final-state gradient enters.
+std::vector<std::vector<int64_t>> rows_ending(const Tensor& last, int64_t T) {
+  TORCH_CHECK(last.device().is_cpu() && last.scalar_type() == at::kLong && last.dim() == 1, "last: CPU int64 (B,)");
+  std::vector<std::vector<int64_t>> rows(T);
+  const Tensor steps = last.contiguous();
+  const int64_t* step = steps.data_ptr<int64_t>();
+  for (int64_t b = 0; b < steps.size(0); ++b) {
+    TORCH_CHECK(step[b] >= 0 && step[b] < T, "last: a step in [0, T)");
+    rows[step[b]].push_back(b);
+  }
+  return rows;
+}
+
+// to[b] += from[b] (H floats each) for the given rows of two (B, H) tensors with unit stride in H.
+void add_rows(const Tensor& to, const Tensor& from, const std::vector<int64_t>& rows) {
+  const int64_t H = to.size(1);
+  for (const int64_t b : rows) {
+    float* __restrict out = row(to, b);
+    const float* __restrict add = row(from, b);
+#pragma omp simd
+    for (int64_t j = 0; j < H; ++j) out[j] += add[j];
+  }
+}
+
 // Backward through the loop. weight_hh (D, G, H); cs (D, T+1, B, H), gates, tanh_cs from lstm_forward; grad_hs, grad_cs (D, T, B, H) or
-// absent. Returns da (D, T, B, G) for every step, dh_0 and dC_0 (D, B, H).
+// absent; grad_h_n, grad_c_n (D, B, H) or absent: the gradients of each row's final state, taken after
+// step last[b] (last (B,) int64, needed with them). Each enters the loop at its row's own step, so no
+// caller has to scatter it into a zero-filled (D, T, B, H) gradient first.
+// Returns da (D, T, B, G) for every step, dh_0 and dC_0 (D, B, H).
 std::tuple<Tensor, Tensor, Tensor> lstm_backward(const Tensor& weight_hh, const Tensor& cs,
                                                  const Tensor& gates, const Tensor& tanh_cs,
                                                  const std::optional<Tensor>& grad_hs,
-                                                 const std::optional<Tensor>& grad_cs) {
+                                                 const std::optional<Tensor>& grad_cs,
+                                                 const std::optional<Tensor>& grad_h_n,
+                                                 const std::optional<Tensor>& grad_c_n,
+                                                 const std::optional<Tensor>& last) {
   const int64_t D = gates.size(0), T = gates.size(1), B = gates.size(2), G = gates.size(3), H = G / 4;
   check_float(gates, "gates");
   for (const auto& grad : {grad_hs, grad_cs}) {
     TORCH_CHECK(!grad || (grad->is_contiguous() && grad->sizes() == tanh_cs.sizes()), "grads: (D, T, B, H)");
   }
+  for (const auto& grad : {grad_h_n, grad_c_n}) {
+    TORCH_CHECK(!grad || (grad->is_contiguous() && grad->sizes() == cs.select(1, 0).sizes()), "final grads: (D, B, H)");
+  }
+  const bool finals = grad_h_n || grad_c_n;
+  TORCH_CHECK(!finals || last, "final-state grads need last");
+  const auto ending = finals ? rows_ending(*last, T) : std::vector<std::vector<int64_t>>();
+  const std::vector<Tensor> grad_h_last = grad_h_n ? grad_h_n->unbind(0) : std::vector<Tensor>();
+  const std::vector<Tensor> grad_c_last = grad_c_n ? grad_c_n->unbind(0) : std::vector<Tensor>();
   const std::vector<Tensor> weights = weight_hh.contiguous().unbind(0);  // D x U (G, H)
   Tensor grad_a = at::empty_like(gates);
   Tensor dc = grad_cs ? grad_cs->select(1, T - 1).clone() : at::zeros({D, B, H}, gates.options());
@@ -379,9 +417,18 @@ std::tuple<Tensor, Tensor, Tensor> lstm_backward(const Tensor& weight_hh, const 
   const auto grad_c = grad_cs ? steps_of(*grad_cs) : std::vector<std::vector<Tensor>>();
   const std::vector<Tensor> dcs = dc.unbind(0);
   std::vector<Tensor> dh = grad_hs ? grad_h[T - 1] : std::vector<Tensor>(D, zero);
+  if (grad_h_n) {  // dh_{T-1} gets rows added in place: our own copy, not the caller's gradient or `zero`
+    for (Tensor& grad : dh) grad = grad.clone();
+  }
   const std::vector<Tensor> none;
   over_directions(D, [&](int64_t d0, int64_t d1) {
     for (int64_t t = T - 1; t >= 0; --t) {
+      if (finals && !ending[t].empty()) {  // the final states of the rows that end here
+        for (int64_t d = d0; d < d1; ++d) {
+          if (grad_h_n) add_rows(dh[d], grad_h_last[d], ending[t]);
+          if (grad_c_n) add_rows(dcs[d], grad_c_last[d], ending[t]);
+        }
+      }
       // c_steps[t] is C_{t-1}: cs starts with C_0
       const auto& grad_c_prev = grad_cs && t > 0 ? grad_c[t - 1] : none;
       backward_pointwise(dh, dcs, gate_steps[t], tanh_steps[t], c_steps[t], grad_c_prev, grad_steps[t], d0, d1);
@@ -400,7 +447,7 @@ TORCH_LIBRARY(gatesum, m) {
   m.def("lstm_forward(Tensor(a!) projected, Tensor? x, Tensor? weight_ih, Tensor weight_hh, Tensor bias, "
         "Tensor h0, Tensor c0, bool keep_gates) -> (Tensor, Tensor, Tensor, Tensor)");
   m.def("lstm_backward(Tensor weight_hh, Tensor cs, Tensor gates, Tensor tanh_cs, "
-        "Tensor? grad_hs, Tensor? grad_cs) -> (Tensor, Tensor, Tensor)");
+        "Tensor? grad_hs, Tensor? grad_cs, Tensor? grad_h_n, Tensor? grad_c_n, Tensor? last) -> (Tensor, Tensor, Tensor)");
   m.def("lstm_inference(Tensor x, Tensor weight_ih, Tensor weight_hh, Tensor bias, Tensor h0, Tensor c0, "
         "Tensor? lengths, bool pack, int chunk) -> (Tensor, Tensor, Tensor)");
 }

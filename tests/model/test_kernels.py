@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from gatesum.model import kernels
-from gatesum.model.fused import lstm_inference, lstm_recurrence
+from gatesum.model.fused import lstm_inference, lstm_layer, lstm_recurrence
 from gatesum.model.recurrent import Recurrent
 
 # Never skipped for a missing compiler (they fail: the compiled loops ship); skipped only under an
@@ -83,6 +83,42 @@ def test_compiled_training_loops_equal_the_torch_ops_loops(monkeypatch, threads,
     want = _values_and_grads(inputs, with_cells)
     for got_part, want_part in zip(got, want, strict=True):
         torch.testing.assert_close(got_part, want_part, atol=1e-5, rtol=1e-5)
+
+
+def _final_state_grads(inputs: list[torch.Tensor], last: torch.Tensor, with_outputs: bool) -> list:
+    inputs = [tensor.clone().requires_grad_() for tensor in inputs]
+    hs, h_n, c_n = lstm_layer(*inputs, last, chunk=3)
+    loss = h_n.sin().sum() + c_n.cos().sum()
+    if with_outputs:
+        loss = loss + (hs * torch.linspace(-1, 1, hs.numel()).view_as(hs)).sum()
+    loss.backward()
+    return [hs, h_n, c_n] + [tensor.grad for tensor in inputs]
+
+
+@needs_kernels
+@pytest.mark.parametrize("threads", [1, 2], indirect=True, ids=["1-thread", "2-threads"])
+@pytest.mark.parametrize("D", [1, 2], ids=["uni", "bi"])
+@pytest.mark.parametrize("with_outputs", [False, True], ids=["finals", "finals-and-outputs"])
+def test_final_state_grads_enter_the_compiled_loop_at_each_rows_step(monkeypatch, threads, D, with_outputs):
+    """lstm_layer's h_n, c_n after step last[b]: the compiled backward adds their gradients in at
+    those steps; the torch-ops loops and plain indexing of lstm_recurrence's outputs agree."""
+    torch.manual_seed(D + 2 * with_outputs)
+    inputs = _inputs(D, 7, 5, 3, 6)
+    last = torch.tensor([6, 2, 0, 4, 6])  # several rows end at one step, one at the first
+    got = _final_state_grads(inputs, last, with_outputs)
+    monkeypatch.setenv("GATESUM_KERNELS", "off")
+    want = _final_state_grads(inputs, last, with_outputs)
+    for got_part, want_part in zip(got, want, strict=True):
+        torch.testing.assert_close(got_part, want_part, atol=1e-5, rtol=1e-5)
+    leaves = [tensor.clone().requires_grad_() for tensor in inputs]
+    hs, cs = lstm_recurrence(*leaves, chunk=3)
+    batch = torch.arange(5)
+    loss = hs[:, last, batch].sin().sum() + cs[:, last, batch].cos().sum()
+    if with_outputs:
+        loss = loss + (hs * torch.linspace(-1, 1, hs.numel()).view_as(hs)).sum()
+    loss.backward()
+    for got_grad, leaf in zip(got[3:], leaves, strict=True):
+        torch.testing.assert_close(got_grad, leaf.grad, atol=1e-5, rtol=1e-5)
 
 
 @needs_kernels
