@@ -15,6 +15,7 @@ machine instructions it lacks.
 from __future__ import annotations
 
 import functools
+import hashlib
 import logging
 import os
 import shutil
@@ -58,10 +59,10 @@ def _build() -> Any | None:
         os.environ["PATH"] = os.path.dirname(ninja) + os.pathsep + os.environ.get("PATH", "")
     capability = torch.backends.cpu.get_cpu_capability()
     flags = _FLAGS.get(capability, [])
-    name = f"gatesum_kernels_{capability.lower()}"  # not the name of the build before vocabulary.cpp
     try:
         from torch.utils import cpp_extension
 
+        name = f"gatesum_kernels_{capability.lower()}_{_sources_digest(flags)}"
         _remove_stale_lock(
             Path(os.environ.get("TORCH_EXTENSIONS_DIR") or cpp_extension.get_default_build_root()) / name
         )
@@ -81,6 +82,17 @@ def _build() -> Any | None:
         )
         return None
     return torch.ops.gatesum
+
+
+def _sources_digest(flags: list[str]) -> str:
+    """8 hex digits of the sources' contents and the flags: the build's name carries them, so two
+    checkouts with different sources never share a build folder. (torch's own check is per
+    process; across processes ninja compares file times, and another checkout's older sources
+    would load a library built from newer ones, with other op signatures.)"""
+    digest = hashlib.sha256(" ".join(flags).encode())
+    for source in SOURCES:
+        digest.update(source.read_bytes())
+    return digest.hexdigest()[:8]
 
 
 def _remove_stale_lock(build_directory: Path) -> None:
