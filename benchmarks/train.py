@@ -2,7 +2,7 @@
 
 Times forward + backward + gradient clipping + optimizer step (``gatesum train``'s own optimizer,
 from the config's ``[train]`` table) of three summarizers that differ only in the decoder, built
-from a training config's ``[model]`` table (default ``configs/cnndm-small.toml``, its
+from a training config's ``[model]`` table (default ``configs/cnndm-small-input-feeding.toml``, its
 tokenizer's vocabulary size):
 
     (a) input feeding, additive attention: the config as it is, stepped token by token
@@ -61,7 +61,7 @@ CLOCKS = {"cpu": time.process_time, "wall": time.perf_counter}
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--config", default="configs/cnndm-small.toml",
+    parser.add_argument("--config", default="configs/cnndm-small-input-feeding.toml",
                         help="training config whose [model] and [tokenizer] sizes are used")  # fmt: skip
     parser.add_argument("--batch-size", type=int, default=16, help="pairs per batch (B)")
     parser.add_argument("--source-length", type=int, default=400, help="source tokens per pair (S)")

@@ -5,7 +5,7 @@ on and with attention off, with the same time budget, then scores each on the sa
 documents with ROUGE broken down by source length (``training.evaluate.BUCKETS``), written to
 ``compare.json``, ``compare.md`` and ``compare.png`` in the output directory:
 
-    gatesum memory compare --config configs/cnndm-small.toml --budget-minutes 30 \
+    gatesum memory compare --config configs/cnndm-small-input-feeding.toml --budget-minutes 30 \
         --test-files ../shared/data/cnndm/test.jsonl.gz --test-limit 500
 
 The encoder is unidirectional here: a bidirectional encoder's backward direction ends on the
@@ -33,9 +33,8 @@ from gatesum.training.train import Trainer
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "--config", type=Path, default=Path("configs/cnndm-small.toml"), help="base training config"
-    )
+    parser.add_argument("--config", type=Path, default=Path("configs/cnndm-small-input-feeding.toml"),
+                        help="base training config (the one the stored comparisons used)")  # fmt: skip
     parser.add_argument("--cells", default="rnn,gru,lstm", help="comma-separated encoder cells")
     parser.add_argument(
         "--attention", default="mlp,none", help="comma-separated attention kinds (none = off)"
