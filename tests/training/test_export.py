@@ -61,3 +61,46 @@ def test_export_carries_the_content_selector(make_selector_bundle, tmp_path, gat
     long = " ".join(["The police said the storm hit the coast."] * 30)
     [summary] = summarize_texts(shipped, [long], GenerationConfig(beam_size=1, max_length=6))
     assert summary.read == "selected"
+
+
+def _shifted_copy(bundle_dir, directory, shift: float, **model_changes):
+    """The bundle at ``bundle_dir`` with every weight + ``shift`` (and model settings changed)."""
+    from dataclasses import replace
+
+    from gatesum.model.bundle import save_bundle
+    from gatesum.model.summarizer import Summarizer
+
+    bundle = load_bundle(bundle_dir)
+    model = Summarizer(replace(bundle.model.config, **model_changes)) if model_changes else bundle.model
+    with torch.no_grad():
+        for parameter in model.parameters():
+            parameter.add_(shift)
+    card = {key: value for key, value in bundle.card.items() if key not in ("format", "version", "model")}
+    save_bundle(directory, model, bundle.tokenizer, bundle.normalizer, card)
+    return directory
+
+
+def test_average_exports_the_mean_of_the_bundles(tiny_bundle, tmp_path, gatesum):
+    plus, minus = (
+        _shifted_copy(tiny_bundle, tmp_path / "plus", 0.5),
+        _shifted_copy(tiny_bundle, tmp_path / "minus", 2.0),
+    )
+    output = tmp_path / "averaged"
+    result = gatesum("export", "--model", tiny_bundle, "--average", plus, minus, "--output", output,
+                     "--dtype", "float32")  # fmt: skip
+    assert result.code == 0, result.err
+    assert "the mean of 3 bundles" in result.out
+    original, averaged = load_bundle(tiny_bundle), load_bundle(output)
+    for (name, before), after in zip(original.model.named_parameters(), averaged.model.parameters()):
+        torch.testing.assert_close(after, before + 2.5 / 3, msg=name)
+    assert json.loads((output / "config.json").read_text())["averaged_from"] == [
+        str(tiny_bundle),
+        str(plus),
+        str(minus),
+    ]
+
+
+def test_average_refuses_another_model(tiny_bundle, tmp_path, gatesum):
+    other = _shifted_copy(tiny_bundle, tmp_path / "other", 0.0, decoder_hidden_size=24)
+    result = gatesum("export", "--model", tiny_bundle, "--average", other, "--output", tmp_path / "out")
+    assert result.code == 2 and "other model settings" in result.err and not (tmp_path / "out").exists()
