@@ -132,7 +132,8 @@ def render(payload: dict[str, Any]) -> str:
         "",
         f"`{payload['command']}`",
         "",
-        f"Beam {generation['beam_size']}, {generation['min_length']}–{generation['max_length']} tokens, "
+        f"Beam {generation['beam_size']}, {min(generation['min_length'], generation['max_length'])}–"
+        f"{generation['max_length']} tokens, "
         f"length penalty {generation['length_penalty']}, "
         f"no-repeat n-gram {generation['no_repeat_ngram_size']}. "
         f"Each run's weights at the end of its budget; winner by the {payload['selected_by']}.",

@@ -334,7 +334,8 @@ def decoding(settings: dict[str, Any]) -> str:
         return f"Extractive: the content selector's best {generation['extract_sentences']} sentences."
     mask = generation["copy_mask_threshold"]
     search = (
-        f"Beam {generation['beam_size']}, {generation['min_length']}–{generation['max_length']} tokens, "
+        f"Beam {generation['beam_size']}, {min(generation['min_length'], generation['max_length'])}–"
+        f"{generation['max_length']} tokens, "
         f"length penalty {generation['length_penalty']}, "
         f"no-repeat n-gram {generation['no_repeat_ngram_size']}, "
         f"coverage penalty {generation['coverage_penalty']}"

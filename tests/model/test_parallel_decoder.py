@@ -124,7 +124,9 @@ def test_parallel_decoder_learns_and_generates():
         loss.backward()
         optimizer.step()
     assert loss.item() < 0.05
-    result = model.eval().generate(BATCH[0], BATCH[1], GenerationConfig(beam_size=2, no_repeat_ngram_size=0))
+    result = model.eval().generate(
+        BATCH[0], BATCH[1], GenerationConfig(min_length=0, beam_size=2, no_repeat_ngram_size=0)
+    )
     assert result.tokens == TARGETS
 
 

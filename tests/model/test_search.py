@@ -62,7 +62,7 @@ def test_min_length_is_respected():
 def test_ngram_blocking_never_repeats_an_ngram():
     for n in (2, 3):
         for beam in (1, 4):
-            config = GenerationConfig(beam_size=beam, max_length=30, no_repeat_ngram_size=n)
+            config = GenerationConfig(min_length=0, beam_size=beam, max_length=30, no_repeat_ngram_size=n)
             search = greedy_search if beam == 1 else beam_search
             args = (random_step(n),) if beam == 1 else (random_step(n), reorder)
             tokens = search(*args, None, 4, config, BOS, EOS, PAD, CPU).tokens
@@ -95,7 +95,9 @@ def test_beam_finds_a_better_sequence_than_greedy():
         log_probs[tokens == 6, EOS] = 0.0
         return log_probs, None, state
 
-    config = GenerationConfig(beam_size=2, max_length=4, no_repeat_ngram_size=0, length_penalty=0.0)
+    config = GenerationConfig(
+        min_length=0, beam_size=2, max_length=4, no_repeat_ngram_size=0, length_penalty=0.0
+    )
     greedy = greedy_search(step, None, 1, config, BOS, EOS, PAD, CPU)
     beam = beam_search(step, reorder, None, 1, config, BOS, EOS, PAD, CPU)
     assert greedy.tokens[0][0] == 5
@@ -128,7 +130,7 @@ def test_a_summary_is_never_longer_than_its_source():
     for beam in (1, 3):
         search = greedy_search if beam == 1 else beam_search
         args = (random_step(beam),) if beam == 1 else (random_step(beam), reorder)
-        config = GenerationConfig(beam_size=beam, max_length=20, no_repeat_ngram_size=0)
+        config = GenerationConfig(min_length=0, beam_size=beam, max_length=20, no_repeat_ngram_size=0)
         uncapped = search(*args, None, 4, config, BOS, EOS, PAD, CPU).tokens
         assert [len(row) for row in uncapped] == [20] * 4  # EOS is never the model's choice
         alone = search(*args, None, 1, config.for_sources([5]), BOS, EOS, PAD, CPU).tokens
@@ -139,21 +141,22 @@ def test_a_summary_is_never_longer_than_its_source():
             assert mixed == [row[: len(capped)] for row, capped in zip(uncapped, mixed)]
 
 
-def test_min_length_above_the_source_is_lowered_to_it():
+def test_min_length_above_half_the_source_is_lowered_to_it():
     for beam in (1, 3):
         search = greedy_search if beam == 1 else beam_search
         args = (scripted_step([EOS, 7, 8, 9]),) if beam == 1 else (scripted_step([EOS, 7, 8, 9]), reorder)
         config = GenerationConfig(beam_size=beam, min_length=8, max_length=20, no_repeat_ngram_size=0)
-        tokens = search(*args, None, 3, config.for_sources([3, 12, 5]), BOS, EOS, PAD, CPU).tokens
-        assert [len(row) for row in tokens] == [3, 8, 5]  # EOS, the favourite, as soon as allowed
+        tokens = search(*args, None, 3, config.for_sources([3, 12, 20]), BOS, EOS, PAD, CPU).tokens
+        # min(8, half the source): EOS, the favourite, as soon as allowed
+        assert [len(row) for row in tokens] == [1, 6, 8]
 
 
 def test_source_lengths_must_match_the_batch():
-    config = GenerationConfig(beam_size=1).for_sources([4, 4])
+    config = GenerationConfig(min_length=0, beam_size=1).for_sources([4, 4])
     with pytest.raises(ValueError, match="2 source_lengths for a batch of 3"):
         greedy_search(random_step(0), None, 3, config, BOS, EOS, PAD, CPU)
     with pytest.raises(ValueError):
-        GenerationConfig(source_lengths=(3, -1))
+        GenerationConfig(min_length=0, source_lengths=(3, -1))
 
 
 def test_model_summaries_are_capped_row_by_row_in_a_padded_batch():
@@ -194,10 +197,12 @@ def test_every_entry_point_caps_by_the_source(tiny_bundle):
 
 
 def test_generation_config_is_frozen_hashable_and_bounded():
-    config = GenerationConfig(beam_size=2, length_penalty=1)
+    config = GenerationConfig(min_length=0, beam_size=2, length_penalty=1)
     with pytest.raises(FrozenInstanceError):
         config.beam_size = 3  # type: ignore[misc]
-    assert config == GenerationConfig(beam_size=2) and hash(config) == hash(GenerationConfig(beam_size=2))
+    assert config == GenerationConfig(min_length=0, beam_size=2) and hash(config) == hash(
+        GenerationConfig(min_length=0, beam_size=2)
+    )
     assert config.length_penalty == 1.0 and isinstance(config.length_penalty, float)
     assert len({GenerationConfig(), GenerationConfig(), config}) == 2  # usable as a dict key
     assert [setting.name for setting in GENERATION_SETTINGS] == [
@@ -221,7 +226,7 @@ def test_generation_config_is_frozen_hashable_and_bounded():
             with pytest.raises(ValueError, match=f"^{setting.name} must be a"):
                 GenerationConfig(**{setting.name: value})
     with pytest.raises(ValueError, match="beam_size must be a whole number"):
-        GenerationConfig(beam_size=2.0)
+        GenerationConfig(min_length=0, beam_size=2.0)
 
 
 ATTENDS = {BOS: 0, 5: 1, 6: 1, 7: 2, EOS: 0, PAD: 0}  # input token -> the source position read
@@ -248,7 +253,7 @@ def test_coverage_penalty_ranks_down_a_beam_that_rereads_the_source():
     """A re-reads position 0 (coverage [2, 0, 0]: 1 over); B C reads each position once."""
     for beta, expected in ((0.0, [5]), (0.4, [6, 7])):  # −0.5 − 0.4·1 = −0.9 < −0.6
         config = GenerationConfig(
-            beam_size=2, length_penalty=0.0, no_repeat_ngram_size=0, coverage_penalty=beta
+            min_length=0, beam_size=2, length_penalty=0.0, no_repeat_ngram_size=0, coverage_penalty=beta
         )
         result = beam_search(two_path_step(a_reads=0), reorder, None, 1, config, BOS, EOS, PAD, CPU)
         assert result.tokens == [expected], beta
@@ -258,7 +263,9 @@ def test_coverage_penalty_ranks_down_a_beam_that_rereads_the_source():
 def test_coverage_penalty_does_not_count_a_finished_beams_padding():
     """A (coverage [1, 1, 0]) ends a step before B C; the step after its EOS (fed EOS, giving PAD)
     reads position 0 again, which would put it 1 over, and below B C, if it counted."""
-    config = GenerationConfig(beam_size=2, length_penalty=0.0, no_repeat_ngram_size=0, coverage_penalty=1.0)
+    config = GenerationConfig(
+        min_length=0, beam_size=2, length_penalty=0.0, no_repeat_ngram_size=0, coverage_penalty=1.0
+    )
     result = beam_search(two_path_step(a_reads=1), reorder, None, 1, config, BOS, EOS, PAD, CPU)
     assert result.tokens == [[5]] and result.scores[0] == pytest.approx(-0.5)
 
@@ -268,7 +275,7 @@ def test_summarize_ids_is_the_search_of_summarize_texts(tiny_bundle):
     bundle = load_bundle(tiny_bundle)
     texts = [" ".join(["City team won."] * 6), "Police said the storm hit.", "School won."]
     sources, _ = encode_sources(bundle, texts)
-    config = GenerationConfig(beam_size=1, max_length=8)
+    config = GenerationConfig(min_length=0, beam_size=1, max_length=8)
     from_texts = [summary.token_ids for summary in summarize_texts(bundle, texts, config, batch_size=2)]
     assert summarize_ids(bundle.model, sources, config, batch_size=2) == from_texts
     assert all(len(ids) <= min(len(source), 8) for ids, source in zip(from_texts, sources))
@@ -298,9 +305,9 @@ def test_continuous_batching_gives_the_summaries_of_summarize_texts(tiny_bundle)
     bundle = load_bundle(tiny_bundle)
     texts = [" ".join(["City team won the match."] * n) + f" Story {n}." for n in (1, 6, 2, 12, 3, 30)]
     settings = [
-        GenerationConfig(beam_size=1, max_length=12, no_repeat_ngram_size=2),
+        GenerationConfig(min_length=0, beam_size=1, max_length=12, no_repeat_ngram_size=2),
         GenerationConfig(beam_size=4, max_length=10, min_length=6),
-        GenerationConfig(beam_size=3, max_length=9, coverage_penalty=0.5, length_penalty=0.5),
+        GenerationConfig(min_length=0, beam_size=3, max_length=9, coverage_penalty=0.5, length_penalty=0.5),
     ]
     configs = [settings[i % 3] for i in range(len(texts))]
     for explain in (False, True):
@@ -316,7 +323,7 @@ def test_continuous_batching_gives_the_summaries_of_summarize_texts(tiny_bundle)
 def test_a_cancelled_example_leaves_the_others_untouched(tiny_bundle):
     bundle = load_bundle(tiny_bundle)
     texts = [" ".join(["Police said the storm hit the coast."] * n) for n in (3, 5, 2, 8)]
-    configs = [GenerationConfig(beam_size=2, max_length=10)] * len(texts)
+    configs = [GenerationConfig(min_length=0, beam_size=2, max_length=10)] * len(texts)
     decoded = run_joining(bundle, texts, configs, cancel=1)
     assert sorted(decoded) == [0, 2, 3]
     for i in (0, 2, 3):
@@ -330,7 +337,9 @@ def test_beam_keeps_the_best_of_all_k_times_v_extensions():
     from gatesum.model.search import NEG_INF, Search, length_penalty
 
     E, K, vocab = 3, 4, 50
-    config = GenerationConfig(beam_size=K, max_length=20, no_repeat_ngram_size=0, length_penalty=0.7)
+    config = GenerationConfig(
+        min_length=0, beam_size=K, max_length=20, no_repeat_ngram_size=0, length_penalty=0.7
+    )
     search = Search(config, BOS, EOS, PAD, CPU)
     search.add(E)
     generator = torch.Generator().manual_seed(0)

@@ -57,7 +57,9 @@ def test_overfits_a_handful_of_pairs(cell, attention, copy):
     loss = train(model, batch, steps=120)
     assert loss < 0.05
     model.eval()
-    result = model.generate(batch[0], batch[1], GenerationConfig(beam_size=1, no_repeat_ngram_size=0))
+    result = model.generate(
+        batch[0], batch[1], GenerationConfig(min_length=0, beam_size=1, no_repeat_ngram_size=0)
+    )
     assert result.tokens == TARGETS
 
 
@@ -96,7 +98,7 @@ def test_edge_cases_give_finite_losses_and_outputs():
     assert torch.isfinite(loss) and stats["tokens"] == 1
     model.eval()
     for beam in (1, 3):
-        out = model.generate(one[0], one[1], GenerationConfig(beam_size=beam, max_length=5))
+        out = model.generate(one[0], one[1], GenerationConfig(min_length=0, beam_size=beam, max_length=5))
         assert len(out.tokens) == 1 and len(out.tokens[0]) <= 5
 
 
@@ -158,7 +160,9 @@ def test_copy_reproduces_spans_of_fresh_random_tokens():
         model.eval()
         sources, targets = copy_task(generator, 100, 256)
         batch = make_batch(sources, targets)
-        result = model.generate(batch[0], batch[1], GenerationConfig(beam_size=1, no_repeat_ngram_size=0))
+        result = model.generate(
+            batch[0], batch[1], GenerationConfig(min_length=0, beam_size=1, no_repeat_ngram_size=0)
+        )
         exact[copy] = sum(got == want for got, want in zip(result.tokens, targets)) / len(targets)
     assert exact[True] >= 0.8, exact
     assert exact[False] <= exact[True] - 0.5, exact

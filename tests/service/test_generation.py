@@ -88,7 +88,7 @@ def test_coverage_penalty_reaches_the_search(monkeypatch: pytest.MonkeyPatch, ti
             "/v1/summarize", json={"text": ARTICLE, "beam_size": 2, "coverage_penalty": 0.5}
         )
     assert response.status_code == 200, response.text
-    assert used == [GenerationConfig(beam_size=2, max_length=8, coverage_penalty=0.5)]
+    assert used == [GenerationConfig(beam_size=2, max_length=8, min_length=8, coverage_penalty=0.5)]
 
 
 def test_a_device_the_machine_lacks_is_a_readable_503(tiny_bundle: Path) -> None:

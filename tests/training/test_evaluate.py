@@ -35,7 +35,7 @@ def test_eval_writes_report_json_and_markdown(
     report = json.loads((tmp_path / "out" / "report.json").read_text())
     markdown = (tmp_path / "out" / "report.md").read_text()
     assert result.out == markdown
-    assert "Beam 2, 0–8 tokens, length penalty 1.0, no-repeat n-gram 3, coverage penalty 0.5." in markdown
+    assert "Beam 2, 8–8 tokens, length penalty 1.0, no-repeat n-gram 3, coverage penalty 0.5." in markdown
     assert "summarizing" in result.err  # the progress bar
 
     assert report["documents"] == len(SENTENCES)
