@@ -37,9 +37,7 @@ def plot_compare(runs: list[dict], png_path: Path) -> None:
     gap_axis.set(xlabel="source length (words)", ylabel="ROUGE-Lsum − Lead-3",
                  title="Against Lead-3 on the same documents")  # fmt: skip
     score_axis.legend(fontsize=8)
-    figure.tight_layout()
-    figure.savefig(png_path, dpi=110)
-    plt.close(figure)
+    _save(figure, png_path)
 
 
 def plot_equal_time(runs: list[dict], png_path: Path) -> None:
@@ -60,9 +58,7 @@ def plot_equal_time(runs: list[dict], png_path: Path) -> None:
     rouge_axis.set(xlabel=f"training minutes ({clock} clock)", ylabel="ROUGE-Lsum F1 ×100",
                    title="Greedy ROUGE-Lsum on the validation sample")  # fmt: skip
     loss_axis.legend(fontsize=8)
-    figure.tight_layout()
-    figure.savefig(png_path, dpi=110)
-    plt.close(figure)
+    _save(figure, png_path)
 
 
 def plot_selectors(runs: list[dict], lead3: dict, png_path: Path) -> None:
@@ -88,6 +84,11 @@ def plot_selectors(runs: list[dict], lead3: dict, png_path: Path) -> None:
     gap_axis.set(xlabel="source length (words)", ylabel="ROUGE-Lsum − Lead-3",
                  title="Extractive summaries against Lead-3")  # fmt: skip
     auc_axis.legend(fontsize=8)
+    _save(figure, png_path)
+
+
+def _save(figure, png_path: Path) -> None:
+    """Lay out, write the PNG and free the figure (pyplot keeps every open one)."""
     figure.tight_layout()
     figure.savefig(png_path, dpi=110)
     plt.close(figure)
