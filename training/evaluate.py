@@ -51,7 +51,7 @@ from gatesum.model.reading import DEFAULT_MODE
 from gatesum.model.search import GenerationConfig
 from gatesum.model.text import normalize
 from gatesum.training.data import DataConfig, load_split
-from gatesum.training.rouge import METRICS, aggregate, lead, rouge_per_document
+from gatesum.training.rouge import METRICS, aggregate, lead, lead_words, rouge_per_document
 from gatesum.training.summarize import (
     add_generation_arguments,
     add_mode_argument,
@@ -77,6 +77,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         help="read long documents truncated to the model's window even when the bundle has a content "
         "selector: the baseline that select-then-summarize is compared with",
+    )
+    parser.add_argument(
+        "--lead-words",
+        type=lead_words_value,
+        default=None,
+        metavar="N|reference",
+        help="the lead baseline: the first sentences up to N words (Lead-k), or 'reference' for the "
+        "references' mean length; long documents have longer references than Lead-3 (default: Lead-3)",
     )
     add_generation_arguments(parser)
     parser.add_argument(
@@ -127,7 +135,13 @@ def run(args: argparse.Namespace) -> int:
     pairs = loaded.pairs
     ids = list(pairs["id"]) if "id" in pairs.column_names else list(range(len(pairs)))
     report, documents = evaluate(
-        bundle, list(pairs["source"]), list(pairs["target"]), generation, args.batch_size, args.mode
+        bundle,
+        list(pairs["source"]),
+        list(pairs["target"]),
+        generation,
+        args.batch_size,
+        args.mode,
+        args.lead_words,
     )
     report = {**report, "rows": asdict(loaded.report), "settings": settings(args, bundle, generation),
               "bundle": describe_bundle(bundle)}  # fmt: skip
@@ -149,22 +163,29 @@ def run(args: argparse.Namespace) -> int:
 
 
 def evaluate(bundle: Bundle, articles: Sequence[str], references: Sequence[str], generation: GenerationConfig,
-             batch_size: int = 16, mode: str = DEFAULT_MODE
+             batch_size: int = 16, mode: str = DEFAULT_MODE, lead_size: int | str | None = None
              ) -> tuple[dict[str, Any], list[dict[str, Any]]]:  # fmt: skip
-    """Scores of the model (in ``mode``) and of Lead-3 on the same documents: (report numbers,
-    per-document records)."""
+    """Scores of the model (in ``mode``) and of the lead baseline on the same documents: (report
+    numbers, per-document records). The baseline is Lead-3, or with ``lead_size`` the first
+    sentences up to that many words ("reference": the references' mean); the report's "lead3"
+    holds its scores whichever it is, and "lead" says which."""
     summaries, seconds = summarize_timed(bundle, articles, generation, batch_size, mode)
     normalized_articles = [normalize(article, bundle.normalizer) for article in articles]
     normalized_references = [normalize(reference, bundle.normalizer) for reference in references]
     predictions = [summary.normalized for summary in summaries]
-    leads = [lead(article) for article in normalized_articles]
+    if lead_size == "reference":
+        lead_size = round(mean_words(normalized_references))
+    leads = [lead(article) if lead_size is None else lead_words(article, int(lead_size))
+             for article in normalized_articles]  # fmt: skip
+    baseline = lead_label(lead_size)
     model_scores = score(predictions, normalized_references, "scoring the model")
-    lead_scores = score(leads, normalized_references, "scoring Lead-3")
+    lead_scores = score(leads, normalized_references, f"scoring {baseline}")
     source_words = [len(article.split()) for article in normalized_articles]
     report = {
         "documents": len(articles),
         "model": rounded(aggregate(model_scores)),  # ROUGE F1 ×100
         "lead3": rounded(aggregate(lead_scores)),
+        "lead": {"label": baseline, "words": lead_size},
         "by_source_words": by_source_words(
             source_words, model_scores, lead_scores, [summary.read for summary in summaries]
         ),
@@ -189,6 +210,19 @@ def evaluate(bundle: Bundle, articles: Sequence[str], references: Sequence[str],
         for summary, words, model, lead3 in zip(summaries, source_words, model_scores, lead_scores)
     ]  # fmt: skip
     return report, documents
+
+
+def lead_words_value(text: str) -> int | str:
+    """--lead-words: a positive number of words, or "reference"."""
+    if text == "reference":
+        return text
+    if text.isdigit() and int(text) > 0:
+        return int(text)
+    raise argparse.ArgumentTypeError(f"must be a positive number of words or 'reference', not {text!r}")
+
+
+def lead_label(lead_size: int | str | None) -> str:
+    return "Lead-3" if lead_size is None else f"Lead-k ({lead_size} words)"
 
 
 def summarize_timed(bundle: Bundle, articles: Sequence[str], generation: GenerationConfig,
@@ -296,6 +330,7 @@ def render_markdown(report: dict[str, Any]) -> str:
     settings = report["settings"]
     header = " | ".join(METRIC_NAMES.values())
     reads = report["reads"]
+    baseline = report.get("lead", {}).get("label", "Lead-3")
     lines = [
         f"# {report['bundle']['name']}: ROUGE F1 on {report['documents']} documents",
         "",
@@ -304,21 +339,21 @@ def render_markdown(report: dict[str, Any]) -> str:
         f"| system | {header} |",
         "|---|" + "---:|" * len(METRICS),
         table_row("model", report["model"]),
-        table_row("Lead-3", report["lead3"]),
+        table_row(baseline, report["lead3"]),
         "",
         f"| source words | documents | system | {header} |",
         "|---|---:|---|" + "---:|" * len(METRICS),
     ]
     for bucket in report["by_source_words"]:
         lines.append(table_row(f"{bucket['bucket']} | {bucket['documents']} | model", bucket["model"]))
-        lines.append(table_row(f"{bucket['bucket']} | {bucket['documents']} | Lead-3", bucket["lead3"]))
+        lines.append(table_row(f"{bucket['bucket']} | {bucket['documents']} | {baseline}", bucket["lead3"]))
     words, speed = report["mean_words"], report["speed"]
     lines += [
         "",
         f"- sources read whole {reads['whole']}, by selected sentences {reads['selected']}, truncated "
         f"{reads['truncated']} ({100 * report['truncation_rate']:.1f}%; the window: "
         f"{settings['source_max_tokens']} tokens)",
-        f"- mean length in words: model {words['model']}, Lead-3 {words['lead3']}, "
+        f"- mean length in words: model {words['model']}, {baseline} {words['lead3']}, "
         f"reference {words['reference']}, source {words['source']}",
         f"- decode speed: {speed['documents_per_second']:.2f} documents/s "
         f"({speed['generation_seconds']:.1f} s on {settings['device']})",

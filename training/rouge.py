@@ -32,6 +32,19 @@ def lead(article: str, count: int = 3) -> str:
     return "\n".join(split_sentences(article)[:count])
 
 
+def lead_words(article: str, words: int) -> str:
+    """Lead-k sized to a length: the first sentences, one per line, until they hold at least
+    ``words`` words (the baseline for long documents, whose references are longer than three
+    sentences)."""
+    sentences, total = [], 0
+    for sentence in split_sentences(article):
+        if total >= words:
+            break
+        sentences.append(sentence)
+        total += len(sentence.split())
+    return "\n".join(sentences)
+
+
 def rouge(predictions: Sequence[str], references: Sequence[str]) -> dict[str, float]:
     """Mean F1 (×100) of each metric over the pairs."""
     return aggregate(rouge_per_document(predictions, references))

@@ -212,3 +212,31 @@ def test_eval_reads_long_documents_by_the_selector_and_scores_the_extractive_mod
     assert report["reads"] == {"whole": 2, "selected": 0, "truncated": 4}
     refused = gatesum(*eval_args(tiny_bundle, data_file, tmp_path, "--mode", "extractive"))
     assert refused.code != 0 and "extractive mode needs a content selector" in refused.err
+
+
+def test_lead_words_sizes_the_baseline_to_the_references(
+    gatesum, tiny_bundle: Path, data_file: Path, tmp_path: Path
+) -> None:
+    """Long documents are judged beside Lead-k, k sentences to the references' mean length."""
+    result = gatesum(*eval_args(tiny_bundle, data_file, tmp_path, "--lead-words", "reference"))
+    assert result.code == 0, result.err
+    report = json.loads((tmp_path / "out" / "report.json").read_text())
+    words = report["lead"]["words"]
+    assert words == round(report["mean_words"]["reference"])
+    assert report["lead"]["label"] == f"Lead-k ({words} words)"
+    assert report["lead3"]["rouge1"] == pytest.approx(100)  # the references are three sentences
+    assert f"| Lead-k ({words} words) | 100.00 |" in result.out
+
+    result = gatesum(*eval_args(tiny_bundle, data_file, tmp_path, "--lead-words", "1"))
+    report = json.loads((tmp_path / "out" / "report.json").read_text())
+    assert report["mean_words"]["lead3"] == pytest.approx(report["mean_words"]["reference"] / 3, abs=0.5)
+
+
+@pytest.mark.parametrize("value", ["0", "-3", "many"])
+def test_lead_words_must_be_a_length(
+    gatesum, tiny_bundle: Path, data_file: Path, tmp_path: Path, value: str, capsys: pytest.CaptureFixture
+) -> None:
+    with pytest.raises(SystemExit) as exit_info:  # argparse's usage error
+        gatesum(*eval_args(tiny_bundle, data_file, tmp_path, "--lead-words", value))
+    assert exit_info.value.code == 2
+    assert "argument --lead-words: must be a positive number of words" in capsys.readouterr().err

@@ -63,6 +63,26 @@ def test_export_carries_the_content_selector(make_selector_bundle, tmp_path, gat
     assert summary.read == "selected"
 
 
+def test_selector_ships_another_bundles_selector(tiny_bundle, make_selector_bundle, tmp_path, gatesum):
+    """A summarizer bundle plus the selector of a ``gatesum select train`` best/: one bundle."""
+    source = make_selector_bundle()
+    output = tmp_path / "shipped"
+    result = gatesum("export", "--model", tiny_bundle, "--selector", source, "--output", output)
+    assert result.code == 0, result.err
+    assert "with its content selector" in result.out
+    shipped, original = load_bundle(output), load_bundle(source)
+    for name, weight in shipped.selector.state_dict().items():
+        assert torch.equal(weight, original.selector.state_dict()[name])
+    card = json.loads((output / "config.json").read_text())
+    assert card["selector"] == json.loads((source / "config.json").read_text())["selector"]
+
+
+def test_selector_from_a_bundle_without_one_is_refused(tiny_bundle, tmp_path, gatesum):
+    output = tmp_path / "out"
+    result = gatesum("export", "--model", tiny_bundle, "--selector", tiny_bundle, "--output", output)
+    assert result.code == 2 and "has no content selector" in result.err and not output.exists()
+
+
 def _shifted_copy(bundle_dir, directory, shift: float, **model_changes):
     """The bundle at ``bundle_dir`` with every weight + ``shift`` (and model settings changed)."""
     from dataclasses import replace
