@@ -76,6 +76,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--clock", choices=sorted(CLOCKS), default="cpu",
                         help="the clock tokens/s and speed-ups come from (both are stored): cpu, "
                              "this process's CPU time, steadier on a shared machine; or wall")  # fmt: skip
+    parser.add_argument("--cpu-bf16-output", action=argparse.BooleanOptionalAction, default=None,
+                        help="every case's output layer in bfloat16 (gatesum train's cpu_bf16_output; "
+                             "default: the config's [train] setting)")  # fmt: skip
     parser.add_argument("--output", metavar="PATH", help="also write the results, and this command, to JSON")
 
 
@@ -119,6 +122,8 @@ def train_step(config: ModelConfig, train: dict, batch: Batch, phase: str) -> Ca
     """One full training step of a fresh model, as ``gatesum train`` takes it."""
     torch.manual_seed(0)
     model = Summarizer(config).train()
+    if train.get("cpu_bf16_output", False):
+        model.decoder.output_matmul_dtype = torch.bfloat16
     loss_weight = 0.0  # λ
     if phase == "coverage":
         loss_weight = coverage_loss_weight(train)
@@ -165,6 +170,9 @@ def run(args: argparse.Namespace) -> int:
         torch.set_num_threads(args.threads)
     load_before = os.getloadavg()  # recorded: other jobs on the machine skew the absolute times
     base, train = read_config(args.config)
+    if args.cpu_bf16_output is not None:
+        train["cpu_bf16_output"] = args.cpu_bf16_output
+    output_dtype = "bfloat16" if train.get("cpu_bf16_output", False) else "float32"
     B, S, T = args.batch_size, args.source_length, args.target_length
     batch = random_batch(base, B, S, T)
     loops = "compiled (model/csrc/lstm.cpp)" if lstm_ops() else "torch ops"
@@ -172,7 +180,8 @@ def run(args: argparse.Namespace) -> int:
           f"{args.config}: V={base.vocab_size} E={base.embedding_size} H_enc={base.encoder_hidden_size}×2 "
           f"H_dec={base.decoder_hidden_size} A={base.attention_size}, copy={base.copy}, "
           f"coverage={base.coverage}; B={B} S={S} T={T} ({batch.tokens} tokens/step); "
-          f"median of {args.repeats}; LSTM loops: {loops}; clock: {args.clock}")  # fmt: skip
+          f"median of {args.repeats}; LSTM loops: {loops}; output layer: {output_dtype}; "
+          f"clock: {args.clock}")  # fmt: skip
     print(f"{'phase':<17}{'case':<30}{'ms/step':>9}{'tokens/s':>10}{'× (a)':>8}{'wall ms':>9}{'× (a)':>7}")
     rows = []
     for phase in args.phases.split(","):
@@ -197,7 +206,7 @@ def run(args: argparse.Namespace) -> int:
                    "load_average_1_5_15min": {"before": load_before, "after": os.getloadavg()}}  # fmt: skip
         settings = {"config": args.config, "model": base.to_dict(), "B": B, "S": S, "T": T,
                     "tokens_per_step": batch.tokens, "repeats": args.repeats, "warmup": args.warmup,
-                    "clock": args.clock,
+                    "clock": args.clock, "output_layer_dtype": output_dtype,
                     "coverage_loss_weight": coverage_loss_weight(train),
                     "w_c_in_phase": W_C_IN_PHASE}  # fmt: skip
         record = {

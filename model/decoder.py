@@ -122,6 +122,10 @@ class Decoder(nn.Module):
             self.output_bias = nn.Parameter(torch.zeros(config.vocab_size))
         else:
             self.output = nn.Linear(H, config.vocab_size)
+        # A training setting, not part of the model: the dtype of the output layer's matmuls in
+        # the teacher-forced loss (None: the weights'; torch.bfloat16 on CPUs with bfloat16 matrix
+        # units, ``model/vocabulary.py``). Inference always computes in the weights' dtype.
+        self.output_matmul_dtype: torch.dtype | None = None
 
     @property
     def layer_cells(self) -> nn.ModuleList:
@@ -246,7 +250,7 @@ class Decoder(nn.Module):
             hidden, weight, bias = self.to_embedding(attentional), self.embedding.weight, self.output_bias
         else:
             hidden, weight, bias = attentional, self.output.weight, self.output.bias
-        return target_log_probs(hidden, weight, bias, target)
+        return target_log_probs(hidden, weight, bias, target, self.output_matmul_dtype)
 
     def log_probs(self, output: DecoderOutput, source: Tensor) -> Tensor:
         """The full next-token distribution as log-probabilities: (B, V) for one step, (B, T, V)

@@ -17,6 +17,12 @@ saved logits into dL/dz in place, summing the bias gradient on the way; the logi
 then kept for the next step (``_spare``). On the CPU (float32) both passes run in C++
 (``csrc/vocabulary.cpp``); elsewhere the same steps run as torch ops. Under autocast the
 plain path runs (``log_softmax`` + ``gather``), as autocast chooses the matmul's dtype.
+
+``matmul_dtype=torch.bfloat16`` (a training option for CPUs with bfloat16 matrix units, AMX or
+AVX512-BF16, where oneDNN runs these matmuls ~3× faster) gives the three matmuls bfloat16 inputs
+with float32 accumulation, and stores the logits and dL/dz as bfloat16: half the memory traffic
+of the two row passes, which still sum and exponentiate in float32. It is what CUDA's bf16
+autocast does to a linear layer; the weights and their gradients stay float32.
 """
 
 from __future__ import annotations
@@ -28,19 +34,23 @@ from torch import Tensor
 from gatesum.model.kernels import lstm_ops
 
 
-def target_log_probs(hidden: Tensor, weight: Tensor, bias: Tensor | None, target: Tensor) -> Tensor:
+def target_log_probs(hidden: Tensor, weight: Tensor, bias: Tensor | None, target: Tensor,
+                     matmul_dtype: torch.dtype | None = None) -> Tensor:  # fmt: skip
     """hidden (..., K), weight (V, K), bias (V,) or None, target (...) ids -> log P_vocab(target)
-    (...), as ``log_softmax(F.linear(hidden, weight, bias)).gather(target)`` gives it."""
+    (...), as ``log_softmax(F.linear(hidden, weight, bias)).gather(target)`` gives it; with
+    ``matmul_dtype`` (torch.bfloat16) the matmuls and the stored logits in that dtype."""
     if torch.is_autocast_enabled(hidden.device.type) or hidden.dtype != weight.dtype:
         logits = F.linear(hidden, weight, bias).float()  # (..., V)
         return torch.log_softmax(logits, -1).gather(-1, target.unsqueeze(-1)).squeeze(-1)
     rows = hidden.reshape(-1, hidden.shape[-1])  # (N, K)
-    return _TargetLogProb.apply(rows, weight, bias, target.reshape(-1)).view(target.shape)
+    dtype = matmul_dtype or hidden.dtype
+    return _TargetLogProb.apply(rows, weight, bias, target.reshape(-1), dtype).view(target.shape)
 
 
 def _kernels(like: Tensor):
-    """``torch.ops.gatesum`` for CPU float32 when it could be built, else None."""
-    return lstm_ops() if like.device.type == "cpu" and like.dtype == torch.float32 else None
+    """``torch.ops.gatesum`` for CPU float32 or bfloat16 logits when it could be built, else None."""
+    supported = like.device.type == "cpu" and like.dtype in (torch.float32, torch.bfloat16)
+    return lstm_ops() if supported else None
 
 
 # One (N, V) buffer that a backward is done with, reused by the next forward of the same shape:
@@ -66,19 +76,26 @@ def _logits_buffer(rows: int, like: Tensor, weight: Tensor) -> Tensor:
 
 class _TargetLogProb(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, hidden: Tensor, weight: Tensor, bias: Tensor | None, target: Tensor) -> Tensor:
+    def forward(
+        ctx, hidden: Tensor, weight: Tensor, bias: Tensor | None, target: Tensor, dtype: torch.dtype
+    ) -> Tensor:
         # hidden (N, K), weight (V, K), bias (V,), target (N,) -> log P_vocab(target) (N,)
+        hidden_m, weight_m = hidden.to(dtype), weight.to(dtype)  # themselves when already in dtype
         logits = torch.mm(
-            hidden, weight.t(), out=_logits_buffer(hidden.shape[0], hidden, weight)
-        )  # x Wᵀ (N, V)
+            hidden_m, weight_m.t(), out=_logits_buffer(hidden.shape[0], hidden_m, weight)
+        )  # x Wᵀ (N, V), in dtype
         if (ops := _kernels(logits)) is not None:  # the bias is added on the fly
-            log_prob, lse = ops.vocabulary_log_prob(logits, bias, target)  # (N,), (N,)
+            log_prob, lse = ops.vocabulary_log_prob(logits, bias, target)  # (N,), (N,) float32
         else:
+            z = logits.float()  # the logits themselves when float32
             if bias is not None:
-                logits.add_(bias)  # z (N, V)
-            lse = torch.logsumexp(logits, -1)  # (N,)
-            log_prob = logits.gather(1, target.unsqueeze(1)).squeeze(1) - lse
-        ctx.save_for_backward(hidden, weight, bias, logits, lse, target)
+                z.add_(bias)  # z (N, V)
+            lse = torch.logsumexp(z, -1)  # (N,)
+            log_prob = z.gather(1, target.unsqueeze(1)).squeeze(1) - lse
+            if z is not logits:
+                logits.copy_(z)  # backward reads z from the saved logits
+        ctx.save_for_backward(hidden_m, weight_m, bias, logits, lse, target)
+        ctx.dtypes = (hidden.dtype, weight.dtype)
         ctx.spent = False
         return log_prob
 
@@ -87,15 +104,19 @@ class _TargetLogProb(torch.autograd.Function):
         if ctx.spent:  # backward overwrote the saved logits: a second pass would read gradients
             raise RuntimeError("target_log_probs: backward ran once already (retain_graph is not supported)")
         ctx.spent = True
-        hidden, weight, bias, logits, lse, target = ctx.saved_tensors
+        hidden, weight, bias, logits, lse, target = ctx.saved_tensors  # hidden, weight, logits in dtype
+        hidden_dtype, weight_dtype = ctx.dtypes
         grad = grad.contiguous()  # (N,)
         if (ops := _kernels(logits)) is not None:
             grad_bias = ops.vocabulary_log_prob_backward(logits, bias, lse, target, grad)  # logits := dL/dz
         else:
-            grad_logits = logits.sub_(lse.unsqueeze(1)).exp_().mul_(-grad.unsqueeze(1))  # −g softmax(z)
+            z = logits.float()
+            grad_logits = z.sub_(lse.unsqueeze(1)).exp_().mul_(-grad.unsqueeze(1))  # −g softmax(z)
             grad_logits.scatter_add_(1, target.unsqueeze(1), grad.unsqueeze(1))  # + g at the target
             grad_bias = grad_logits.sum(0)
-        grad_hidden = logits @ weight if ctx.needs_input_grad[0] else None  # (N, K)
-        grad_weight = logits.t() @ hidden if ctx.needs_input_grad[1] else None  # (V, K)
+            if grad_logits is not logits:
+                logits.copy_(grad_logits)
+        grad_hidden = (logits @ weight).to(hidden_dtype) if ctx.needs_input_grad[0] else None  # (N, K)
+        grad_weight = (logits.t() @ hidden).to(weight_dtype) if ctx.needs_input_grad[1] else None  # (V, K)
         _spare[:] = [logits]
-        return grad_hidden, grad_weight, grad_bias if bias is not None else None, None
+        return grad_hidden, grad_weight, grad_bias if bias is not None else None, None, None

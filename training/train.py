@@ -205,6 +205,8 @@ class Trainer:
         )
         torch.manual_seed(config.seed)  # the same initial weights on every rank
         self.model = Summarizer(self.options.model).to(self.device)
+        if config.cpu_bf16_output and self.device.type == "cpu":
+            self.model.decoder.output_matmul_dtype = torch.bfloat16
         self.optimizer = self._make_optimizer()
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer,

@@ -13,7 +13,9 @@
 // The logits arrive as x W^T, without the bias b (V,): it is added on the fly in both passes,
 // which saves addmm's copy of b into every row of a fresh (N, V) tensor before the matmul.
 //
-// Shapes: N rows (B·T target positions), V vocabulary entries. float32 on the CPU, contiguous.
+// Shapes: N rows (B·T target positions), V vocabulary entries, contiguous on the CPU. The logits
+// are float32, or bfloat16 when training asks for a bfloat16 output layer (model/vocabulary.py):
+// then every sum and exponential here is still float32, and only the stored numbers are bfloat16.
 
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
@@ -22,9 +24,11 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <cstring>
 #include <limits>
 #include <optional>
 #include <tuple>
+#include <type_traits>
 #include <vector>
 
 namespace {
@@ -32,9 +36,10 @@ namespace {
 using at::Tensor;
 
 void check_rows(const Tensor& logits, const std::optional<Tensor>& bias, const Tensor& target) {
-  TORCH_CHECK(logits.device().is_cpu() && logits.scalar_type() == at::kFloat && logits.dim() == 2 &&
-                  logits.is_contiguous(),
-              "logits: contiguous (N, V) CPU float32");
+  TORCH_CHECK(logits.device().is_cpu() &&
+                  (logits.scalar_type() == at::kFloat || logits.scalar_type() == at::kBFloat16) &&
+                  logits.dim() == 2 && logits.is_contiguous(),
+              "logits: contiguous (N, V) CPU float32 or bfloat16");
   TORCH_CHECK(target.dim() == 1 && target.size(0) == logits.size(0) && target.scalar_type() == at::kLong &&
                   target.is_contiguous(),
               "target: (N,) int64");
@@ -48,7 +53,23 @@ void check_rows(const Tensor& logits, const std::optional<Tensor>& bias, const T
 
 // The bias (V,), or zeros: the loops below then need no branch.
 Tensor bias_or_zeros(const Tensor& logits, const std::optional<Tensor>& bias) {
-  return bias ? *bias : at::zeros({logits.size(1)}, logits.options());
+  return bias ? *bias : at::zeros({logits.size(1)}, logits.options().dtype(at::kFloat));
+}
+
+// bfloat16 is the top half of a float32: widening is a shift; narrowing rounds to nearest even.
+// Written on the bits (not c10::BFloat16's operators) so that GCC vectorizes the loops below.
+inline float widen(uint16_t x) {
+  const uint32_t bits = static_cast<uint32_t>(x) << 16;
+  float value;
+  std::memcpy(&value, &bits, sizeof value);
+  return value;
+}
+
+inline uint16_t narrow(float value) {
+  uint32_t bits;
+  std::memcpy(&bits, &value, sizeof bits);
+  bits += 0x7FFFu + ((bits >> 16) & 1u);
+  return static_cast<uint16_t>(bits >> 16);
 }
 
 // The row loops, each its own function: inlined into the one-thread branch of at::parallel_for,
@@ -77,61 +98,116 @@ __attribute__((noinline)) void row_gradient(float* __restrict z, const float* __
   }
 }
 
+// The same two row loops over bfloat16 logits, in float32.
+__attribute__((noinline)) float row_lse(const uint16_t* __restrict z, const float* __restrict b, int64_t V) {
+  float m = -std::numeric_limits<float>::max();
+#pragma omp simd reduction(max : m)
+  for (int64_t v = 0; v < V; ++v) m = widen(z[v]) + b[v] > m ? widen(z[v]) + b[v] : m;
+  float sum = 0.f;
+#pragma omp simd reduction(+ : sum)
+  for (int64_t v = 0; v < V; ++v) sum += std::exp(widen(z[v]) + b[v] - m);
+  return m + std::log(sum);
+}
+
+__attribute__((noinline)) void row_gradient(uint16_t* __restrict z, const float* __restrict b, float g, float lse,
+                                            float* __restrict column_sum, int64_t V) {
+#pragma omp simd
+  for (int64_t v = 0; v < V; ++v) {
+    const float dz = -g * std::exp(widen(z[v]) + b[v] - lse);
+    z[v] = narrow(dz);
+    column_sum[v] += dz;
+  }
+}
+
+// The row type of the logits: float for float32, uint16_t (the bits) for bfloat16.
+template <typename Row>
+Row* rows_of(const Tensor& logits) {
+  if constexpr (std::is_same_v<Row, float>) {
+    return logits.data_ptr<float>();
+  } else {
+    return reinterpret_cast<uint16_t*>(logits.data_ptr<at::BFloat16>());
+  }
+}
+
+inline float value_of(float x) { return x; }
+inline float value_of(uint16_t x) { return widen(x); }
+
 // logits x W^T (N, V), bias (V,) or absent, target (N,) -> log p_target (N,) and lse (N,).
-std::tuple<Tensor, Tensor> vocabulary_log_prob(const Tensor& logits, const std::optional<Tensor>& bias,
-                                               const Tensor& target) {
-  check_rows(logits, bias, target);
+template <typename Row>
+std::tuple<Tensor, Tensor> log_prob_rows(const Tensor& logits, const std::optional<Tensor>& bias,
+                                         const Tensor& target) {
   const Tensor b_tensor = bias_or_zeros(logits, bias);
   const float* b = b_tensor.data_ptr<float>();
   const int64_t N = logits.size(0), V = logits.size(1);
-  Tensor log_prob = at::empty({N}, logits.options()), lse = at::empty({N}, logits.options());
-  const float* z_data = logits.data_ptr<float>();
+  const auto options = logits.options().dtype(at::kFloat);
+  Tensor log_prob = at::empty({N}, options), lse = at::empty({N}, options);
+  const Row* z_data = rows_of<Row>(logits);
   const int64_t* y_data = target.data_ptr<int64_t>();
   float *out = log_prob.data_ptr<float>(), *lse_out = lse.data_ptr<float>();
   at::parallel_for(0, N, 16, [&](int64_t begin, int64_t end) {
     for (int64_t n = begin; n < end; ++n) {
-      const float* z = z_data + n * V;
+      const Row* z = z_data + n * V;
       const int64_t y = y_data[n];
       lse_out[n] = row_lse(z, b, V);
-      out[n] = z[y] + b[y] - lse_out[n];
+      out[n] = value_of(z[y]) + b[y] - lse_out[n];
     }
   });
   return {log_prob, lse};
+}
+
+std::tuple<Tensor, Tensor> vocabulary_log_prob(const Tensor& logits, const std::optional<Tensor>& bias,
+                                               const Tensor& target) {
+  check_rows(logits, bias, target);
+  return logits.scalar_type() == at::kFloat ? log_prob_rows<float>(logits, bias, target)
+                                            : log_prob_rows<uint16_t>(logits, bias, target);
 }
 
 // In place: logits x W^T (N, V) become dL/dz = g (δ_vy − exp(z − lse)), z = x W^T + b, for bias
 // (V,) or absent, lse, target, grad (N,).
 // Returns the column sums (V,), the bias gradient. Each thread sums its own rows into a row of
 // a (threads, V) buffer; the rows are added at the end.
-Tensor vocabulary_log_prob_backward(const Tensor& logits, const std::optional<Tensor>& bias, const Tensor& lse,
-                                    const Tensor& target, const Tensor& grad) {
-  check_rows(logits, bias, target);
+template <typename Row>
+Tensor gradient_rows(const Tensor& logits, const std::optional<Tensor>& bias, const Tensor& lse,
+                     const Tensor& target, const Tensor& grad) {
   const Tensor b_tensor = bias_or_zeros(logits, bias);
   const float* b = b_tensor.data_ptr<float>();
   const int64_t N = logits.size(0), V = logits.size(1);
-  TORCH_CHECK(lse.is_contiguous() && grad.is_contiguous() && lse.numel() == N && grad.numel() == N &&
-                  lse.scalar_type() == at::kFloat && grad.scalar_type() == at::kFloat,
-              "lse, grad: (N,) float32");
-  Tensor partial = at::zeros({at::get_num_threads(), V}, logits.options());
-  float* z_data = logits.data_ptr<float>();
+  Tensor partial = at::zeros({at::get_num_threads(), V}, logits.options().dtype(at::kFloat));
+  Row* z_data = rows_of<Row>(logits);
   const float *lse_data = lse.data_ptr<float>(), *g_data = grad.data_ptr<float>();
   const int64_t* y_data = target.data_ptr<int64_t>();
   float* partial_data = partial.data_ptr<float>();
   at::parallel_for(0, N, 16, [&](int64_t begin, int64_t end) {
     float* column_sum = partial_data + at::get_thread_num() * V;
     for (int64_t n = begin; n < end; ++n) {
-      float* z = z_data + n * V;
+      Row* z = z_data + n * V;
       const float g = g_data[n];
-      if (g == 0.f) {  // a padded position: its whole row of the gradient is 0
-        std::fill_n(z, V, 0.f);
+      if (g == 0.f) {  // a padded position: its whole row of the gradient is 0 (0 has the same bits)
+        std::fill_n(z, V, Row{0});
         continue;
       }
       row_gradient(z, b, g, lse_data[n], column_sum, V);
-      z[y_data[n]] += g;
-      column_sum[y_data[n]] += g;
+      const int64_t y = y_data[n];
+      if constexpr (std::is_same_v<Row, float>) {
+        z[y] += g;
+      } else {
+        z[y] = narrow(widen(z[y]) + g);
+      }
+      column_sum[y] += g;
     }
   });
   return partial.size(0) == 1 ? partial[0] : partial.sum(0);
+}
+
+Tensor vocabulary_log_prob_backward(const Tensor& logits, const std::optional<Tensor>& bias, const Tensor& lse,
+                                    const Tensor& target, const Tensor& grad) {
+  check_rows(logits, bias, target);
+  const int64_t N = logits.size(0);
+  TORCH_CHECK(lse.is_contiguous() && grad.is_contiguous() && lse.numel() == N && grad.numel() == N &&
+                  lse.scalar_type() == at::kFloat && grad.scalar_type() == at::kFloat,
+              "lse, grad: (N,) float32");
+  return logits.scalar_type() == at::kFloat ? gradient_rows<float>(logits, bias, lse, target, grad)
+                                            : gradient_rows<uint16_t>(logits, bias, lse, target, grad);
 }
 
 }  // namespace

@@ -57,6 +57,26 @@ def test_log_prob_and_gradients_equal_log_softmax_and_gather(path, with_bias):
             torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5, msg=name)
 
 
+def test_bfloat16_matmuls_give_the_float32_numbers_to_bfloat16_precision(path):
+    """Training's bfloat16 output layer (CPU matrix units): float32 results and gradients, within
+    what rounding the matmuls' inputs and the stored logits to 8 bits of mantissa allows."""
+    hidden, weight, bias, target = inputs(3, 5, 64, 300, 0)
+    grad = torch.randn(3, 5)
+    grad[0, 3:] = 0
+
+    def low(h, w, b, y):
+        return target_log_probs(h, w, b, y, matmul_dtype=torch.bfloat16)
+
+    for _ in range(2):  # the second step writes into the first one's spare buffer
+        fused, fused_grads = value_and_gradients(low, hidden, weight, bias, target, grad)
+        plain, plain_grads = value_and_gradients(reference, hidden, weight, bias, target, grad)
+        assert fused.dtype == torch.float32 and all(g.dtype == torch.float32 for g in fused_grads)
+        torch.testing.assert_close(fused, plain, atol=0.05, rtol=0)
+        for name, a, b in zip(("hidden", "weight", "bias"), fused_grads, plain_grads):
+            torch.testing.assert_close(a, b, atol=0.02, rtol=0.02, msg=name)
+        assert not torch.equal(fused, plain)  # it did compute in bfloat16
+
+
 def test_a_second_backward_through_the_same_graph_is_refused(path):
     hidden, weight, bias, target = inputs(2, 3, 4, 50, 0)
     value = target_log_probs(hidden.requires_grad_(), weight, bias, target).sum()

@@ -210,6 +210,28 @@ def test_coverage_phase_switches_the_coverage_loss_on(tmp_path):
 
 
 @pytest.mark.slow
+def test_cpu_bf16_output_trains_the_output_layer_in_bfloat16(tmp_path, monkeypatch):
+    from gatesum.model import vocabulary
+
+    dtypes = []
+    original = vocabulary.target_log_probs
+
+    def spy(hidden, weight, bias, target, matmul_dtype=None):
+        dtypes.append(matmul_dtype)
+        return original(hidden, weight, bias, target, matmul_dtype)
+
+    monkeypatch.setattr("gatesum.model.decoder.target_log_probs", spy)
+    data = write_pairs(tmp_path / "pairs.jsonl", 40)
+    output = tmp_path / "run"
+    assert main(train_arguments(data, output, 4, "--cpu-bf16-output", "--model", "input_feeding=false")) == 0
+    assert dtypes and set(dtypes) == {torch.bfloat16}
+    losses = [record["loss"] for record in read_metrics(output) if "loss" in record]
+    assert losses and all(loss == loss and loss < 100 for loss in losses)  # finite
+    for parameter in load_bundle(output / "checkpoint").model.parameters():
+        assert parameter.dtype == torch.float32  # only the matmuls were bfloat16
+
+
+@pytest.mark.slow
 def test_init_from_a_bundle_starts_where_it_left_off(tmp_path, capsys):
     data = write_pairs(tmp_path / "pairs.jsonl", 60)
     first, second, refused = tmp_path / "first", tmp_path / "second", tmp_path / "refused"
