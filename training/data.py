@@ -48,7 +48,8 @@ class DataConfig:
     )
     dataset_config: str | None = option(None, "Hub dataset configuration, e.g. 3.0.0")
     data_files: list[str] = option(
-        [], "local .jsonl/.jsonl.gz/.csv/.parquet files; '{split}' in a name becomes the split"
+        [], "local .jsonl/.jsonl.gz/.csv/.parquet files; '{split}' in a name becomes the split "
+        "(a file without it that has a 'split' column gives that split's rows)"
     )
     text_column: str = option("article", "column holding the document (CNN/DM: article; XSum: document)")
     summary_column: str = option(
@@ -207,7 +208,25 @@ def _load_local(patterns: list[str], split: str, cache_dir: str | None):
     except Exception as error:  # datasets wraps the reader's error; find the file and line ourselves
         message = _diagnose(files, builder) or f"{where}: unreadable: {_first_line(error)}"
         raise GatesumError(message) from error
+    if SPLIT_COLUMN in dataset.column_names and not any("{split}" in pattern for pattern in patterns):
+        dataset = _rows_of_split(dataset, split, where)
     return where, dataset
+
+
+SPLIT_COLUMN = "split"  # a file that holds several splits names each row's (e.g. long/qmsum.jsonl.gz)
+
+
+def _rows_of_split(dataset: datasets.Dataset, split: str, where: str) -> datasets.Dataset:
+    """The rows whose ``split`` column is ``split``: one file that holds all of a dataset's splits."""
+    present = sorted({str(value) for value in dataset[SPLIT_COLUMN]})
+    if split not in present:
+        raise GatesumError(f"{where}: no rows of split {split!r}; its {SPLIT_COLUMN!r} column has "
+                           f"{', '.join(present)}")  # fmt: skip
+    return dataset.filter(_in_split, input_columns=SPLIT_COLUMN, fn_kwargs={"split": split})
+
+
+def _in_split(value: str, split: str) -> bool:
+    return value == split
 
 
 def _builder(file: str) -> str:

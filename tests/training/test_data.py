@@ -98,6 +98,19 @@ def test_split_placeholder_limit_and_custom_columns(tmp_path: Path) -> None:
         load_pairs(config)  # config.split is "train"
 
 
+def test_a_file_of_several_splits_gives_the_rows_of_one(tmp_path: Path) -> None:
+    """long/qmsum.jsonl.gz holds train, val and test rows, told apart by a split column."""
+    rows = [{"id": str(i), "article": f"meeting {i}", "summary": f"notes {i}", "split": split}
+            for i, split in enumerate(["train", "test", "val", "test", "train"])]  # fmt: skip
+    write_jsonl(tmp_path / "all.jsonl", rows)
+    config = config_for(tmp_path, tmp_path / "all.jsonl", summary_column="summary")
+    loaded = load_split(config, "test")
+    assert list(loaded.pairs["id"]) == ["1", "3"] and loaded.report.used == 2
+    assert "split" not in loaded.pairs.column_names
+    with pytest.raises(GatesumError, match=r"no rows of split 'validation'; its 'split' column has test, tr"):
+        load_split(config, "validation")
+
+
 def test_empty_pairs_are_dropped(tmp_path: Path) -> None:
     rows = [{"article": "a b", "highlights": "c"}, {"article": "  ", "highlights": "x"},
             {"article": None, "highlights": "x"}, {"article": "d", "highlights": ""}]  # fmt: skip
