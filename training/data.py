@@ -48,8 +48,9 @@ class DataConfig:
     )
     dataset_config: str | None = option(None, "Hub dataset configuration, e.g. 3.0.0")
     data_files: list[str] = option(
-        [], "local .jsonl/.jsonl.gz/.csv/.parquet files; '{split}' in a name becomes the split "
-        "(a file without it that has a 'split' column gives that split's rows)"
+        [],
+        "local .jsonl/.jsonl.gz/.csv/.parquet files; '{split}' in a name becomes the split "
+        "(a file without it that has a 'split' column gives that split's rows)",
     )
     text_column: str = option("article", "column holding the document (CNN/DM: article; XSum: document)")
     summary_column: str = option(
