@@ -26,6 +26,10 @@ BENCHMARKS = {
         "gatesum.benchmarks.select",
         "the content selector's time and memory on 1,000 to 25,000-token documents",
     ),
+    "long": (
+        "gatesum.benchmarks.long",
+        "POST /v1/summarize on a 10,000-word transcript and a 100,000-character text beside a news article",
+    ),
     "serve": (
         "gatesum.benchmarks.serve",
         "the REST service under concurrent load, micro-batching on and off",

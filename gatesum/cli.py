@@ -25,7 +25,7 @@ COMMANDS: dict[str, str] = {
     "memory": "the long-document memory experiment and traces",
     "export": "copy a trained bundle into a shippable one (float16 weights)",
     "select": "the content selector: gatesum select train (resumable), gatesum select compare (cells)",
-    "bench": "benchmarks side by side: cells, train, decode, select, serve",
+    "bench": "benchmarks side by side: cells, train, decode, select, long, serve",
 }
 
 
