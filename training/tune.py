@@ -161,7 +161,9 @@ def render_markdown(report: dict[str, Any]) -> str:
     names = list(report["grid"])
     metrics = " | ".join(METRIC_NAMES.values())
     others = ", ".join(
-        f"{name} {value}" for name, value in report["base_generation"].items() if name not in names
+        f"{name} {value}"
+        for name, value in report["base_generation"].items()
+        if name not in names and name != "source_lengths"  # set per batch, never a setting
     )
     lines = [
         f"# {report['bundle']}: decoding grid on {report['documents']} {report['split']} documents",
