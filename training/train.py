@@ -120,6 +120,12 @@ def format_score(metric: str, score: float | None) -> str:
 FUSED_ADAM_DEVICES = {"cpu", "cuda"}  # where torch has a fused AdamW kernel that we have tested
 
 
+def cpu_has_bf16_units() -> bool:
+    """Whether oneDNN runs bfloat16 matmuls natively here (AVX512-BF16 or AMX); elsewhere they are
+    emulated and slower than float32."""
+    return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+
+
 def make_optimizer(parameters, config: TrainConfig) -> torch.optim.Optimizer:
     """The optimizer that ``config.optimizer`` names over ``parameters`` (``gatesum bench train``
     builds its own with this too). Adam is torch's fused AdamW where the parameters live on a
@@ -206,7 +212,11 @@ class Trainer:
         torch.manual_seed(config.seed)  # the same initial weights on every rank
         self.model = Summarizer(self.options.model).to(self.device)
         if config.cpu_bf16_output and self.device.type == "cpu":
-            self.model.decoder.output_matmul_dtype = torch.bfloat16
+            if cpu_has_bf16_units():
+                self.model.decoder.output_matmul_dtype = torch.bfloat16
+            elif self.is_main:
+                print("cpu_bf16_output: this CPU has no bfloat16 units (AVX512-BF16, AMX); the output "
+                      "layer stays float32", file=sys.stderr)  # fmt: skip
         self.optimizer = self._make_optimizer()
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer,
