@@ -90,7 +90,7 @@ def summarize_texts(
     copy mask the bundle cannot serve (no selector)."""
     generation = generation or GenerationConfig()
     readings = read_documents(bundle, texts, mode, generation.copy_mask_threshold,
-                              generation.extract_sentences, batch_size)  # fmt: skip
+                              generation.extract_sentences, batch_size, generation.lead_share)  # fmt: skip
     if mode == "extractive":
         return [extractive(bundle, text, reading, explain) for text, reading in zip(texts, readings)]
     sources = [reading.source_ids for reading in readings]

@@ -5,8 +5,9 @@ inference path (model/pipeline.py).
       abstractive:
         ├─ fits the summarizer's window ────────────────────────────────────► read "whole"
         ├─ longer, the bundle has a selector ─► P(copied) for every token of the WHOLE document
-        │      ─► sentence scores ─► best sentences, kept in document order until the window
-        │         is full ─► the summarizer reads those                      ► read "selected"
+        │      ─► sentence scores ─► the opening sentences up to lead_share of the window,
+        │         then the best others until it is full, in document order
+        │         ─► the summarizer reads those                              ► read "selected"
         └─ longer, no selector ─► the first window of tokens                 ► read "truncated"
       extractive (needs a selector): P(copied) ─► sentence scores ─► the best sentences with
         trigram blocking between them, in document order, are the summary    ► read "whole"
@@ -104,6 +105,7 @@ def read_documents(
     copy_mask_threshold: float = 0.0,
     extract_sentences: int = 3,
     batch_size: int = 16,
+    lead_share: float = 0.0,
 ) -> list[Reading]:
     """How each text is read (see the module docs). The selector runs, over each whole
     document, where it changes something (``needs_selector``); the tokens of a text are exactly
@@ -117,7 +119,7 @@ def read_documents(
         scored = token_probabilities_batch(bundle.selector, [documents[i][1] for i in wanted], batch_size)
         for index, values in zip(wanted, scored, strict=True):
             probabilities[index] = values
-    return [_reading(bundle, text, document, values, mode, extract_sentences)
+    return [_reading(bundle, text, document, values, mode, extract_sentences, lead_share)
             for text, document, values in zip(texts, documents, probabilities, strict=True)]  # fmt: skip
 
 
@@ -136,10 +138,11 @@ class DocumentReader:
     (model/selector_pass.py) where it needs one; the last returns the same Reading."""
 
     def __init__(self, bundle: Bundle, text: str, mode: str = DEFAULT_MODE, copy_mask_threshold: float = 0.0,
-                 extract_sentences: int = 3) -> None:  # fmt: skip
+                 extract_sentences: int = 3, lead_share: float = 0.0) -> None:  # fmt: skip
         check_mode(bundle, mode, copy_mask_threshold)
         self.bundle, self.text, self.mode = bundle, text, mode
         self.copy_mask_threshold, self.extract_sentences = copy_mask_threshold, extract_sentences
+        self.lead_share = lead_share
         self.document: tuple[list[str], list[int], list[tuple[int, int]]] | None = None  # once split
         self.selector_pass: SelectorPass | None = None  # where the selector reads the document
 
@@ -160,19 +163,20 @@ class DocumentReader:
             probabilities = self.selector_pass.advance(steps)
             if probabilities is None:
                 return None  # more of the pass at the next call
-        extract = self.extract_sentences
-        return _reading(self.bundle, self.text, self.document, probabilities, self.mode, extract)
+        return _reading(self.bundle, self.text, self.document, probabilities, self.mode,
+                        self.extract_sentences, self.lead_share)  # fmt: skip
 
 
 def _reading(bundle: Bundle, text: str, document: tuple[list[str], list[int], list[tuple[int, int]]],
-             probabilities: Tensor | None, mode: str, extract_sentences: int) -> Reading:  # fmt: skip
+             probabilities: Tensor | None, mode: str, extract_sentences: int,
+             lead_share: float = 0.0) -> Reading:  # fmt: skip
     """The Reading of one split document, with the selector's probabilities where it ran."""
     sentences, ids, spans = document
     scores = sentence_scores(probabilities, spans) if probabilities is not None else None
     if mode == "extractive":
         reading = _extract(sentences, ids, probabilities, scores, extract_sentences)
     else:
-        reading = _abstractive(ids, spans, probabilities, scores, source_max_tokens(bundle))
+        reading = _abstractive(ids, spans, probabilities, scores, source_max_tokens(bundle), lead_share)
     last = reading.sentences[-1].index + 1 if reading.sentences else 0
     offsets = sentence_offsets(text, sentences[:last])  # consecutive: up to the last one used
     for use in reading.sentences:
@@ -190,8 +194,9 @@ def document_sentences(bundle: Bundle, text: str) -> tuple[list[str], list[int],
 
 
 def _abstractive(ids: list[int], spans: list[tuple[int, int]], probabilities: Tensor | None,
-                 scores: list[float] | None, limit: int) -> Reading:  # fmt: skip
-    """Whole when it fits; else the selector's best sentences, or the first ``limit`` tokens."""
+                 scores: list[float] | None, limit: int, lead_share: float = 0.0) -> Reading:  # fmt: skip
+    """Whole when it fits; else the opening sentences up to ``lead_share`` of the window and the
+    selector's best others, or the first ``limit`` tokens."""
 
     def used(indices: Sequence[int]) -> list[SentenceUse]:
         return [SentenceUse(i, 0, 0, round(scores[i], 4) if scores else None) for i in indices]
@@ -200,7 +205,7 @@ def _abstractive(ids: list[int], spans: list[tuple[int, int]], probabilities: Te
         return Reading("whole", ids, len(ids), used(range(len(spans))), 0, probabilities)
     if probabilities is not None:
         counts = [end - start for start, end in spans]
-        kept = select_sentences(scores, counts, limit)
+        kept = select_sentences(scores, counts, limit, round(lead_share * limit))
         if kept:  # nothing kept: every sentence is longer than the window (cut ones never are)
             source = [token for i in kept for token in ids[spans[i][0] : spans[i][1]]]
             selected = torch.cat([probabilities[spans[i][0] : spans[i][1]] for i in kept])  # (S,)

@@ -84,6 +84,14 @@ class GenerationConfig:
         "bottom-up copy mask (Gehrmann et al. 2018): copy only source tokens whose content-selector "
         "probability is above this; needs a model with a selector (0: off)",
     )
+    lead_share: float = _setting(
+        0.0,
+        0.0,
+        1.0,
+        "select-then-summarize (a text longer than the model reads, a model with a selector): the "
+        "share of the window kept for the text's opening sentences; the selector's best others "
+        "fill the rest (0: the selector alone chooses)",
+    )
     extract_sentences: int = _setting(
         3, 1, 20, "extractive mode: the most sentences in a summary (best first, trigram-blocked)"
     )

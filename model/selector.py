@@ -231,11 +231,13 @@ def _best_first(scores: Sequence[float]) -> list[int]:
 
 
 def select_sentences(
-    scores: Sequence[float], sentence_token_counts: Sequence[int], budget_tokens: int
+    scores: Sequence[float], sentence_token_counts: Sequence[int], budget_tokens: int, lead_tokens: int = 0
 ) -> list[int]:
     """The sentences to keep for a summarizer that reads ``budget_tokens`` tokens, in document order.
 
-    Best first: each sentence is kept if it still fits in what is left of the budget, and
+    First the document's opening sentences, in order, while they fit in ``lead_tokens`` (news puts
+    its main facts first, and a summarizer trained on article openings reads them best); then the
+    rest best first: each sentence is kept if it still fits in what is left of the budget, and
     skipped otherwise (a shorter one further down may still fit), so the kept sentences never
     exceed the budget. A sentence longer than the whole budget is never kept: the caller cuts
     long sentences first (``split_sentences(max_words=...)``) or falls back to truncation when
@@ -244,8 +246,15 @@ def select_sentences(
     if len(scores) != len(sentence_token_counts):
         raise ValueError(f"{len(scores)} scores for {len(sentence_token_counts)} sentences")
     kept, left = [], budget_tokens
+    lead_left = min(lead_tokens, budget_tokens)
+    for index, count in enumerate(sentence_token_counts):
+        if count > lead_left:
+            break
+        kept.append(index)
+        lead_left -= count
+        left -= count
     for index in _best_first(scores):
-        if 0 < sentence_token_counts[index] <= left:
+        if index not in kept and 0 < sentence_token_counts[index] <= left:
             kept.append(index)
             left -= sentence_token_counts[index]
     return sorted(kept)

@@ -222,7 +222,7 @@ class ServiceEngine:
         if reader is None:
             generation = key.generation
             reader = DocumentReader(self.bundle, example.text, key.mode, generation.copy_mask_threshold,
-                                    generation.extract_sentences)  # fmt: skip
+                                    generation.extract_sentences, generation.lead_share)  # fmt: skip
             self.readers[example] = reader
         try:
             reading = reader.advance(self.selector_steps)

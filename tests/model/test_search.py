@@ -207,13 +207,13 @@ def test_generation_config_is_frozen_hashable_and_bounded():
     assert len({GenerationConfig(), GenerationConfig(), config}) == 2  # usable as a dict key
     assert [setting.name for setting in GENERATION_SETTINGS] == [
         "beam_size", "max_length", "min_length", "length_penalty", "no_repeat_ngram_size", "coverage_penalty",
-        "copy_mask_threshold", "extract_sentences",
+        "copy_mask_threshold", "lead_share", "extract_sentences",
     ]  # fmt: skip
     bounds = {setting.name: (setting.minimum, setting.maximum) for setting in GENERATION_SETTINGS}
     assert bounds == {"beam_size": (1, 16), "max_length": (1, 256), "min_length": (0, 256),
                       "length_penalty": (0.0, 5.0), "no_repeat_ngram_size": (0, 16),
                       "coverage_penalty": (0.0, 5.0), "copy_mask_threshold": (0.0, 1.0),
-                      "extract_sentences": (1, 20)}  # fmt: skip
+                      "lead_share": (0.0, 1.0), "extract_sentences": (1, 20)}  # fmt: skip
     for setting in GENERATION_SETTINGS:
         assert getattr(GenerationConfig(), setting.name) == setting.default
         GenerationConfig(**{setting.name: setting.minimum})  # both bounds are allowed

@@ -136,6 +136,16 @@ def test_select_sentences_keeps_the_best_that_fit_in_document_order():
         select_sentences([0.5, 0.2], [3], 10)
 
 
+def test_select_sentences_keeps_the_opening_up_to_the_lead_share_first():
+    scores = [0.1, 0.2, 0.9, 0.3, 0.8]
+    counts = [30, 30, 30, 30, 30]
+    assert select_sentences(scores, counts, budget_tokens=90) == [2, 3, 4]  # the selector alone
+    assert select_sentences(scores, counts, budget_tokens=90, lead_tokens=30) == [0, 2, 4]
+    assert select_sentences(scores, counts, budget_tokens=90, lead_tokens=59) == [0, 2, 4]  # whole sentences
+    assert select_sentences(scores, counts, budget_tokens=90, lead_tokens=60) == [0, 1, 2]
+    assert select_sentences(scores, counts, budget_tokens=90, lead_tokens=500) == [0, 1, 2]  # the window
+
+
 def test_extractive_summary_blocks_repeated_trigrams():
     sentences = [
         "the storm hit the coast on monday .",
