@@ -34,6 +34,7 @@ from torch import Tensor
 
 from gatesum.model.bundle import Bundle
 from gatesum.model.errors import GatesumError
+from gatesum.model.search import GenerationConfig
 from gatesum.model.selector import (
     encode_sentences,
     extractive_summary,
@@ -45,6 +46,7 @@ from gatesum.model.selector import (
 from gatesum.model.selector_pass import DEFAULT_STEPS, SelectorPass
 from gatesum.model.text import CHARACTER_MAP, normalize
 
+DEFAULTS = GenerationConfig()  # the reading settings' defaults: extract_sentences, lead_share
 MODES = ("abstractive", "extractive")
 DEFAULT_MODE = "abstractive"
 DEFAULT_SOURCE_MAX_TOKENS = 400
@@ -103,9 +105,9 @@ def read_documents(
     texts: Sequence[str],
     mode: str = DEFAULT_MODE,
     copy_mask_threshold: float = 0.0,
-    extract_sentences: int = 3,
+    extract_sentences: int = DEFAULTS.extract_sentences,
     batch_size: int = 16,
-    lead_share: float = 0.0,
+    lead_share: float = DEFAULTS.lead_share,
 ) -> list[Reading]:
     """How each text is read (see the module docs). The selector runs, over each whole
     document, where it changes something (``needs_selector``); the tokens of a text are exactly
@@ -138,7 +140,8 @@ class DocumentReader:
     (model/selector_pass.py) where it needs one; the last returns the same Reading."""
 
     def __init__(self, bundle: Bundle, text: str, mode: str = DEFAULT_MODE, copy_mask_threshold: float = 0.0,
-                 extract_sentences: int = 3, lead_share: float = 0.0) -> None:  # fmt: skip
+                 extract_sentences: int = DEFAULTS.extract_sentences,
+                 lead_share: float = DEFAULTS.lead_share) -> None:  # fmt: skip
         check_mode(bundle, mode, copy_mask_threshold)
         self.bundle, self.text, self.mode = bundle, text, mode
         self.copy_mask_threshold, self.extract_sentences = copy_mask_threshold, extract_sentences
@@ -169,7 +172,7 @@ class DocumentReader:
 
 def _reading(bundle: Bundle, text: str, document: tuple[list[str], list[int], list[tuple[int, int]]],
              probabilities: Tensor | None, mode: str, extract_sentences: int,
-             lead_share: float = 0.0) -> Reading:  # fmt: skip
+             lead_share: float) -> Reading:  # fmt: skip
     """The Reading of one split document, with the selector's probabilities where it ran."""
     sentences, ids, spans = document
     scores = sentence_scores(probabilities, spans) if probabilities is not None else None
@@ -194,7 +197,7 @@ def document_sentences(bundle: Bundle, text: str) -> tuple[list[str], list[int],
 
 
 def _abstractive(ids: list[int], spans: list[tuple[int, int]], probabilities: Tensor | None,
-                 scores: list[float] | None, limit: int, lead_share: float = 0.0) -> Reading:  # fmt: skip
+                 scores: list[float] | None, limit: int, lead_share: float) -> Reading:  # fmt: skip
     """Whole when it fits; else the opening sentences up to ``lead_share`` of the window and the
     selector's best others, or the first ``limit`` tokens."""
 

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from gatesum.model.search import GenerationConfig
 from gatesum.service.settings import Settings
 from tests.helpers import make_rows
 from tests.service.helpers import SOURCE_MAX_TOKENS, make_settings
@@ -50,7 +51,8 @@ def test_the_page_highlights_the_selected_sentences_and_switches_to_extractive(
 
     run(page, "extractive")
     extracted = page.eval_on_selector_all("#reading .used", "spans => spans.map(s => s.textContent)")
-    assert len(extracted) == 3 and page.inner_text("#summary") == " ".join(extracted)
+    assert len(extracted) == GenerationConfig().extract_sentences  # the default
+    assert page.inner_text("#summary") == " ".join(extracted)
     assert not page.is_visible("#heatmap")  # no attention to draw for sentences taken as written
     page.screenshot(path=str(screenshot_folder(tmp_path) / "gatesum-page-extractive.png"), full_page=True)
     assert page.js_errors == [] and page.failed == []

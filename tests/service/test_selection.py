@@ -54,13 +54,15 @@ def test_a_long_text_is_read_by_selected_sentences_as_the_pipeline_reads_it(sele
 
 def test_extractive_mode_returns_the_selected_sentences(selector_client):
     response = selector_client.post(
-        "/v1/summarize", json={"text": LONG, "mode": "extractive", "extract_sentences": 2}
+        "/v1/summarize", json={"text": LONG, "mode": "extractive", "extract_sentences": 4}
     )
     body = response.json()
     assert response.status_code == 200 and body["mode"] == "extractive" and body["read"] == "whole"
-    assert len(body["sentences"]) == 2
+    assert len(body["sentences"]) == 4
     assert body["summary"] == " ".join(LONG[s["start"] : s["end"]] for s in body["sentences"])
-    batch = selector_client.post("/v1/summarize/batch", json={"texts": [ARTICLE, LONG], "mode": "extractive"})
+    batch = selector_client.post(
+        "/v1/summarize/batch", json={"texts": [ARTICLE, LONG], "mode": "extractive", "extract_sentences": 3}
+    )
     assert [len(result["sentences"]) for result in batch.json()["results"]] == [2, 3]  # ARTICLE has 2
 
 
