@@ -93,7 +93,12 @@ def check_mode(bundle: Bundle, mode: str, copy_mask_threshold: float = 0.0) -> N
         raise GatesumError(
             f"the extractive mode needs a content selector, and the model {bundle.name} has none"
         )
-    if bundle.selector is None and copy_mask_threshold > 0:
+    if (
+        bundle.selector is None
+        and copy_mask_threshold > 0
+        and copy_mask_threshold != DEFAULTS.copy_mask_threshold
+    ):
+        # the default threshold is for models with a selector: one without reads with no mask
         raise GatesumError(
             f"the copy mask (copy_mask_threshold > 0) needs a content selector, and the model "
             f"{bundle.name} has none"

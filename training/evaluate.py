@@ -367,7 +367,7 @@ def decoding(settings: dict[str, Any]) -> str:
     generation = settings["generation"]
     if settings.get("mode") == "extractive":
         return f"Extractive: the content selector's best {generation['extract_sentences']} sentences."
-    mask = generation["copy_mask_threshold"]
+    mask = generation["copy_mask_threshold"] if settings.get("selector") else 0  # no selector: no mask
     search = (
         f"Beam {generation['beam_size']}, {min(generation['min_length'], generation['max_length'])}–"
         f"{generation['max_length']} tokens, "

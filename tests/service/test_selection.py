@@ -123,7 +123,8 @@ def test_a_long_text_read_in_pieces_is_read_as_the_pipeline_reads_it(selector_bu
 
 def test_admission_counts_the_selectors_pass(selector_client, client):
     """At a second per token the selector reads, LONG (~500 tokens guessed) and even ARTICLE in
-    the extractive mode (~37) are over one client's 30 s share; ARTICLE read whole is not."""
+    the extractive mode or with the default copy mask (~37) are over one client's 30 s share;
+    ARTICLE read whole without the mask is not."""
     engine = selector_client.app.state.service.batcher.engine
     assert engine.cost.per_selector_token > 0
     assert client.app.state.service.batcher.engine.cost.per_selector_token == 0  # no selector
@@ -134,7 +135,9 @@ def test_admission_counts_the_selectors_pass(selector_client, client):
     assert time.monotonic() - started < 2  # at once
     extractive = selector_client.post("/v1/summarize", json={"text": ARTICLE, "mode": "extractive"})
     assert extractive.status_code == 429
-    assert selector_client.post("/v1/summarize", json={"text": ARTICLE}).status_code == 200
+    assert selector_client.post("/v1/summarize", json={"text": ARTICLE}).status_code == 429  # the mask reads
+    unmasked = {"text": ARTICLE, "copy_mask_threshold": 0}
+    assert selector_client.post("/v1/summarize", json=unmasked).status_code == 200
 
 
 def test_a_request_that_times_out_stops_its_selector_pass(selector_bundle):
