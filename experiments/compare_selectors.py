@@ -23,6 +23,9 @@ cores take about 3·M minutes of wall time:
     # + --summarize: the downstream ROUGE of select-then-summarize (beam search: slow)
 
 A stopped run continues with the same line and ``--resume`` (the clock is fixed on resume).
+Equal data instead of equal time: ``--max-steps N`` in place of ``--clock cpu --max-minutes M``
+gives every run the same batches (the stored comparison, ``select-compare-500steps``, used 500
+steps: only the LSTM has compiled loops, so equal time would mostly measure the loops).
 
 Each run's selector (``--weights``: ``checkpoint``, the weights at the end of its budget, by
 default; or ``best``, its best validation's) reads the same validation documents whole, as the
