@@ -24,6 +24,7 @@ keep other work moving beside a 100,000-character document (the service, issue #
 
 from __future__ import annotations
 
+import math
 import re
 import unicodedata
 from collections.abc import Sequence
@@ -50,6 +51,7 @@ DEFAULTS = GenerationConfig()  # the reading settings' defaults: extract_sentenc
 MODES = ("abstractive", "extractive")
 DEFAULT_MODE = "abstractive"
 DEFAULT_SOURCE_MAX_TOKENS = 400
+DEFAULT_SELECTOR_TRAINED_TOKENS = 2000  # training.selector.SelectorDataConfig.max_tokens's default
 # A sentence longer than this many words is cut into pieces: an unpunctuated transcript line
 # must still fit the summarizer's window when selected (400 tokens hold several of them).
 SENTENCE_MAX_WORDS = 80
@@ -83,6 +85,14 @@ class Reading:
 def source_max_tokens(bundle: Bundle) -> int:
     """The summarizer's window: the most source tokens it reads (its training's limit)."""
     return int(bundle.card.get("data", {}).get("source_max_tokens", DEFAULT_SOURCE_MAX_TOKENS))
+
+
+def selector_trained_length(bundle: Bundle) -> int:
+    """The most tokens of a document the bundle's selector read in training (its config.json
+    facts; ``DEFAULT_SELECTOR_TRAINED_TOKENS`` for a selector saved without them)."""
+    section = bundle.card.get("selector", {})
+    data = section.get("training", {}).get("options", {}).get("data", {})
+    return int(data.get("max_tokens") or DEFAULT_SELECTOR_TRAINED_TOKENS)
 
 
 def check_mode(bundle: Bundle, mode: str, copy_mask_threshold: float = 0.0) -> None:
@@ -184,7 +194,15 @@ def _reading(bundle: Bundle, text: str, document: tuple[list[str], list[int], li
     if mode == "extractive":
         reading = _extract(sentences, ids, probabilities, scores, extract_sentences)
     else:
-        reading = _abstractive(ids, spans, probabilities, scores, source_max_tokens(bundle), lead_share)
+        reading = _abstractive(
+            ids,
+            spans,
+            probabilities,
+            scores,
+            source_max_tokens(bundle),
+            lead_share,
+            selector_trained_length(bundle),
+        )
     last = reading.sentences[-1].index + 1 if reading.sentences else 0
     offsets = sentence_offsets(text, sentences[:last])  # consecutive: up to the last one used
     for use in reading.sentences:
@@ -202,9 +220,11 @@ def document_sentences(bundle: Bundle, text: str) -> tuple[list[str], list[int],
 
 
 def _abstractive(ids: list[int], spans: list[tuple[int, int]], probabilities: Tensor | None,
-                 scores: list[float] | None, limit: int, lead_share: float) -> Reading:  # fmt: skip
+                 scores: list[float] | None, limit: int, lead_share: float,
+                 trained_length: int) -> Reading:  # fmt: skip
     """Whole when it fits; else the opening sentences up to ``lead_share`` of the window and the
-    selector's best others, or the first ``limit`` tokens."""
+    selector's best others (from each stretch of ``trained_length`` tokens, the longest document
+    the selector was trained on, when the text is longer), or the first ``limit`` tokens."""
 
     def used(indices: Sequence[int]) -> list[SentenceUse]:
         return [SentenceUse(i, 0, 0, round(scores[i], 4) if scores else None) for i in indices]
@@ -213,7 +233,8 @@ def _abstractive(ids: list[int], spans: list[tuple[int, int]], probabilities: Te
         return Reading("whole", ids, len(ids), used(range(len(spans))), 0, probabilities)
     if probabilities is not None:
         counts = [end - start for start, end in spans]
-        kept = select_sentences(scores, counts, limit, round(lead_share * limit))
+        segments = math.ceil(len(ids) / trained_length) if len(ids) > trained_length else 1
+        kept = select_sentences(scores, counts, limit, round(lead_share * limit), segments)
         if kept:  # nothing kept: every sentence is longer than the window (cut ones never are)
             source = [token for i in kept for token in ids[spans[i][0] : spans[i][1]]]
             selected = torch.cat([probabilities[spans[i][0] : spans[i][1]] for i in kept])  # (S,)

@@ -231,7 +231,11 @@ def _best_first(scores: Sequence[float]) -> list[int]:
 
 
 def select_sentences(
-    scores: Sequence[float], sentence_token_counts: Sequence[int], budget_tokens: int, lead_tokens: int = 0
+    scores: Sequence[float],
+    sentence_token_counts: Sequence[int],
+    budget_tokens: int,
+    lead_tokens: int = 0,
+    segments: int = 1,
 ) -> list[int]:
     """The sentences to keep for a summarizer that reads ``budget_tokens`` tokens, in document order.
 
@@ -239,9 +243,12 @@ def select_sentences(
     its main facts first, and a summarizer trained on article openings reads them best); then the
     rest best first: each sentence is kept if it still fits in what is left of the budget, and
     skipped otherwise (a shorter one further down may still fit), so the kept sentences never
-    exceed the budget. A sentence longer than the whole budget is never kept: the caller cuts
-    long sentences first (``split_sentences(max_words=...)``) or falls back to truncation when
-    nothing is kept.
+    exceed the budget. With ``segments`` > 1 the rest of the document is cut into that many
+    stretches of about equal tokens, each with an equal share of what is left, so that the kept
+    sentences come from across a document far longer than those the selector was trained on
+    (its scores there are comparable within a stretch, less so across). A sentence longer than
+    the whole budget is never kept: the caller cuts long sentences first
+    (``split_sentences(max_words=...)``) or falls back to truncation when nothing is kept.
     """
     if len(scores) != len(sentence_token_counts):
         raise ValueError(f"{len(scores)} scores for {len(sentence_token_counts)} sentences")
@@ -253,11 +260,32 @@ def select_sentences(
         kept.append(index)
         lead_left -= count
         left -= count
-    for index in _best_first(scores):
-        if index not in kept and 0 < sentence_token_counts[index] <= left:
-            kept.append(index)
-            left -= sentence_token_counts[index]
+    rest = list(range(len(kept), len(scores)))
+    stretches = _stretches(rest, sentence_token_counts, max(1, segments))
+    share = left // len(stretches) if len(stretches) > 1 else left
+    for stretch in stretches:
+        room = share
+        for index in sorted(stretch, key=lambda i: (-scores[i], i)):
+            if 0 < sentence_token_counts[index] <= room:
+                kept.append(index)
+                room -= sentence_token_counts[index]
     return sorted(kept)
+
+
+def _stretches(indices: list[int], counts: Sequence[int], segments: int) -> list[list[int]]:
+    """``indices`` (consecutive sentences) cut into up to ``segments`` runs of about equal tokens."""
+    total = sum(counts[i] for i in indices)
+    if segments <= 1 or not indices:
+        return [indices]
+    size = total / segments
+    stretches: list[list[int]] = [[]]
+    filled = 0
+    for index in indices:
+        if filled >= size * len(stretches) and len(stretches) < segments:
+            stretches.append([])
+        stretches[-1].append(index)
+        filled += counts[index]
+    return stretches
 
 
 def trigrams(words: Sequence[str]) -> set[tuple[str, str, str]]:

@@ -136,6 +136,19 @@ def test_select_sentences_keeps_the_best_that_fit_in_document_order():
         select_sentences([0.5, 0.2], [3], 10)
 
 
+def test_select_sentences_spreads_over_the_stretches_of_a_very_long_document():
+    scores = [0.9, 0.8, 0.7, 0.6, 0.1, 0.2, 0.1, 0.3]  # the selector favours the opening
+    counts = [10] * 8
+    assert select_sentences(scores, counts, budget_tokens=40) == [0, 1, 2, 3]
+    # two stretches, sentences 0-3 and 4-7, 20 tokens each: the best two of each
+    assert select_sentences(scores, counts, budget_tokens=40, segments=2) == [0, 1, 5, 7]
+    # the opening first (10 tokens), then 3 stretches of the rest with 10 tokens each
+    assert select_sentences(scores, counts, budget_tokens=40, lead_tokens=10, segments=3) == [0, 1, 5, 7]
+    for segments in range(1, 10):
+        kept = select_sentences(scores, counts, 40, segments=segments)
+        assert kept == sorted(kept) and sum(counts[i] for i in kept) <= 40
+
+
 def test_select_sentences_keeps_the_opening_up_to_the_lead_share_first():
     scores = [0.1, 0.2, 0.9, 0.3, 0.8]
     counts = [30, 30, 30, 30, 30]
