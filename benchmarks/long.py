@@ -23,7 +23,6 @@ import argparse
 import gzip
 import json
 import os
-import resource
 import shlex
 import statistics
 import sys
@@ -34,6 +33,7 @@ from typing import Any
 
 import torch
 
+from gatesum.benchmarks.memory_endpoint import peak_rss_mb
 from gatesum.benchmarks.train import _cpu_name
 from gatesum.model.bundle import BUNDLED_MODEL
 from gatesum.model.errors import GatesumError
@@ -72,10 +72,6 @@ def texts(data: Path, limit: int) -> dict[str, dict[str, Any]]:
         "transcript": {"text": transcript["article"], "source": f"qmsum test {transcript['id']}"},
         "limit": {"text": joined, "source": "qmsum test transcripts joined, cut at the request limit"},
     }
-
-
-def peak_rss_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # kB on Linux
 
 
 def describe(body: dict[str, Any]) -> dict[str, Any]:
