@@ -152,7 +152,8 @@ class DocumentReader:
     """One text read as ``read_documents`` reads it, in pieces that a scheduler can put other
     work between (the service's long lane): the first ``advance`` splits and tokenizes the text,
     and each ``advance`` reads ``steps`` time steps of the selector's pass over the document
-    (model/selector_pass.py) where it needs one; the last returns the same Reading."""
+    (model/selector_pass.py) where it needs one; the last returns the same Reading. Short texts
+    are better read many at once: ``read_together``."""
 
     def __init__(self, bundle: Bundle, text: str, mode: str = DEFAULT_MODE, copy_mask_threshold: float = 0.0,
                  extract_sentences: int = DEFAULTS.extract_sentences,
@@ -162,27 +163,64 @@ class DocumentReader:
         self.copy_mask_threshold, self.extract_sentences = copy_mask_threshold, extract_sentences
         self.lead_share = lead_share
         self.document: tuple[list[str], list[int], list[tuple[int, int]]] | None = None  # once split
-        self.selector_pass: SelectorPass | None = None  # where the selector reads the document
+        self.needs_pass = False  # whether the selector reads the document (known once split)
+        self.selector_pass: SelectorPass | None = None  # its pass, from the first piece read
 
     @property
     def selector_tokens_left(self) -> float:
         """Tokens of the selector's pass still to read (0 where it does not run); once tokenized."""
-        return self.selector_pass.tokens_left if self.selector_pass is not None else 0.0
+        if self.selector_pass is not None:
+            return self.selector_pass.tokens_left
+        return float(len(self.document[1])) if self.needs_pass and self.document is not None else 0.0
+
+    def split(self) -> list[int]:
+        """Split and tokenize the text (once); its ids."""
+        if self.document is None:
+            self.document = document_sentences(self.bundle, self.text)
+            tokens = len(self.document[1])
+            self.needs_pass = needs_selector(self.bundle, tokens, self.mode, self.copy_mask_threshold)
+        return self.document[1]
 
     def advance(self, steps: int = DEFAULT_STEPS) -> Reading | None:
         """The next piece; the Reading once the text is read, else None."""
-        if self.document is None:
-            self.document = document_sentences(self.bundle, self.text)
-            ids = self.document[1]
-            if needs_selector(self.bundle, len(ids), self.mode, self.copy_mask_threshold):
-                self.selector_pass = SelectorPass(self.bundle.selector, ids)
+        ids = self.split()
         probabilities = None
-        if self.selector_pass is not None:
+        if self.needs_pass:
+            if self.selector_pass is None:
+                self.selector_pass = SelectorPass(self.bundle.selector, ids)
             probabilities = self.selector_pass.advance(steps)
             if probabilities is None:
                 return None  # more of the pass at the next call
+        return self.finish(probabilities)
+
+    def finish(self, probabilities: Tensor | None) -> Reading:
+        """The Reading, from the selector's probabilities of the whole document where it ran."""
         return _reading(self.bundle, self.text, self.document, probabilities, self.mode,
                         self.extract_sentences, self.lead_share)  # fmt: skip
+
+
+def read_together(readers: Sequence[DocumentReader], max_tokens: int, batch_size: int = 16) -> list[Reading | None]:
+    """Read, at once, the texts whose selector pass is at most ``max_tokens`` tokens (one piece)
+    or that need none: one batched pass (``token_probabilities_batch``) instead of one per text
+    (the per-step cost of a small recurrent layer hardly grows with the batch). Each Reading is the one its
+    reader's ``advance`` would give (the probabilities within float rounding). A longer text
+    gets None: it is tokenized, and its reader reads it in pieces as before."""
+    for reader in readers:
+        reader.split()
+    passes = [i for i, reader in enumerate(readers) if reader.needs_pass and reader.selector_pass is None
+              and len(reader.document[1]) <= max_tokens]  # fmt: skip
+    probabilities: dict[int, Tensor] = {}
+    if passes:
+        rows = [readers[i].document[1] for i in passes]
+        scored = token_probabilities_batch(readers[passes[0]].bundle.selector, rows, batch_size)
+        probabilities = dict(zip(passes, scored, strict=True))
+    readings: list[Reading | None] = []
+    for i, reader in enumerate(readers):
+        if reader.needs_pass and i not in probabilities:
+            readings.append(None)  # read in pieces (too long for one, or its pass already begun)
+        else:
+            readings.append(reader.finish(probabilities.get(i)))
+    return readings
 
 
 def _reading(bundle: Bundle, text: str, document: tuple[list[str], list[int], list[tuple[int, int]]],

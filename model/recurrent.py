@@ -166,6 +166,7 @@ class Recurrent(nn.Module):
                 cells.append(CELLS[cell](layer_input, hidden_size, **cell_options))
         self.cells = nn.ModuleList(cells)
         self.fused = cell == "lstm" and not cell_options.get("peephole", False)
+        self._stacked: dict[int, tuple[tuple, tuple[Tensor, Tensor, Tensor]]] = {}  # see _layer_weights
 
     @property
     def bidirectional(self) -> bool:
@@ -247,8 +248,7 @@ class Recurrent(nn.Module):
         sources = [inputs[0], *(source.flip(1) for source in inputs[1:])]  # each in its reading order
         x = torch.stack([source.transpose(0, 1) for source in sources])  # time major (D, T, B, I)
         h0, c0 = (torch.stack(part) for part in zip(*states, strict=True))  # (D, B, H) each
-        weight_ih, weight_hh, bias = (torch.stack([getattr(cell, name) for cell in cells])
-                                      for name in ("weight_ih", "weight_hh", "bias"))  # fmt: skip
+        weight_ih, weight_hh, bias = self._layer_weights(layer)
         if (inferred := lstm_inference(x, weight_ih, weight_hh, bias, h0, c0, None)) is not None:
             output, h_n, c_n = inferred  # (B, T, D·H): the loop writes direction 1 in sequence order
             outputs = list(output.split(H, -1))
@@ -273,8 +273,7 @@ class Recurrent(nn.Module):
             h0 = c0 = x.new_zeros(D, B, H)
         else:
             h0, c0 = (torch.stack(part) for part in zip(*initial[first : first + D], strict=True))
-        weight_ih, weight_hh, bias = (torch.stack([getattr(cell, name) for cell in cells])
-                                      for name in ("weight_ih", "weight_hh", "bias"))  # fmt: skip
+        weight_ih, weight_hh, bias = self._layer_weights(layer)
         if (inferred := lstm_inference(x, weight_ih, weight_hh, bias, h0, c0, lengths)) is not None:
             output, h_n, c_n = inferred  # without autograd, in our compiled loop
             return output, list(zip(h_n.unbind(0), c_n.unbind(0), strict=True))
@@ -286,6 +285,22 @@ class Recurrent(nn.Module):
             empty = (lengths == 0).unsqueeze(1)  # (B, 1): no step read, the state stays the initial one
             h_n, c_n = torch.where(empty, h0, h_n), torch.where(empty, c0, c_n)
         return _batch_first(hs, lengths, mask), list(zip(h_n.unbind(0), c_n.unbind(0), strict=True))
+
+    def _layer_weights(self, layer: int) -> tuple[Tensor, Tensor, Tensor]:
+        """The fused loops' W (D, 4H, I), U (D, 4H, H), b (D, 4H): the layer's cells' weights
+        stacked over directions. Without autograd the stack is kept until a weight changes (its
+        storage or version), so that inference, one call per text, does not copy them each time."""
+        cells = self.cells[layer * self.num_directions : (layer + 1) * self.num_directions]
+        weights = [[getattr(cell, name) for cell in cells] for name in ("weight_ih", "weight_hh", "bias")]
+        if torch.is_grad_enabled() and any(weight.requires_grad for group in weights for weight in group):
+            return tuple(torch.stack(group) for group in weights)  # training: through autograd
+        key = tuple((weight.data_ptr(), weight._version, weight.device) for group in weights for weight in group)
+        kept = self._stacked.get(layer)
+        if kept is None or kept[0] != key:
+            with torch.no_grad():
+                kept = key, tuple(torch.stack(group) for group in weights)
+            self._stacked[layer] = kept
+        return kept[1]
 
     def _split_state(self, state: State | None):
         if state is None:

@@ -134,6 +134,7 @@ class Engine(Protocol):
 
     source_limit: int  # the most source tokens the model reads of a text
     long_source: int  # texts of more source tokens decode in the LONG lane
+    piece_tokens: int  # the most tokens of the selector's pass one ``prepare`` reads
     cost: StepCost
 
     @property
@@ -150,6 +151,10 @@ class Engine(Protocol):
         """Read ``example.text`` into ``example.prepared``; returns the tokens read (S), or None
         when it reads the text in pieces and more are left: then it holds the work done, keeps
         ``example.selector_tokens`` up to date, and the next call reads the next piece."""
+
+    def prepare_together(self, examples: list[Example]) -> list[int | None]:
+        """``prepare`` for several texts at once (one selector pass for them all) where each is
+        read in one piece; None for a text that is not: ``prepare`` reads it later."""
 
     def admit(self, examples: list[Example]) -> None:
         """Encode these prepared examples (one search setting, one ``lane``) and add them to
@@ -380,7 +385,7 @@ class ContinuousBatcher:
             if example.request in held:
                 held[example.request][0] += example.rows
                 held[example.request][1] += 1
-        chars = tokens = 0
+        tokens = 0
         pieced = False  # whether a text read in pieces has had its piece this turn
         chosen: dict[Any, list[Example]] = {}  # search setting (request.key) -> examples
         candidates = [request for request in requests if self._next_waiting(request, lane) is not None]
@@ -389,13 +394,15 @@ class ContinuousBatcher:
             reading = self._reading[lane]
             return reading is None or reading.request is not request, held[request][0], request.arrived
 
+        chars = self._read_ahead(lane, sorted(candidates, key=order), settings.max_batch_size - texts)
         while candidates and texts < settings.max_batch_size:
             request = min(candidates, key=order)
             example = self._next_waiting(request, lane)
             if example is None or not self._fits(example, held[request], rows):
                 candidates.remove(request)
                 continue
-            if chosen and (chars >= settings.prepare_chars or tokens >= settings.encode_tokens):
+            unread = example.prepared is None
+            if chosen and (unread and chars >= settings.prepare_chars or tokens >= settings.encode_tokens):
                 break  # the rest joins at the next step: short requests keep moving meanwhile
             if example.prepared is None:
                 reading = self._reading[lane]
@@ -439,6 +446,35 @@ class ContinuousBatcher:
                 continue
             for example in examples:
                 self._running[example] = None
+
+    def _read_ahead(self, lane: int, requests: list[Request], slots: int) -> int:
+        """Read at once (``Engine.prepare_together``: one selector pass for them all) the waiting
+        texts of ``lane`` that this turn may admit, in admission order, up to ``slots`` texts and
+        the tokenize budget, where each is guessed to be one piece; returns the characters read.
+        A failure leaves them unread: ``_admit`` reads them one by one and fails only the request
+        whose text fails."""
+        engine, ahead, chars = self.engine, [], 0
+        for request in requests:
+            for example in request.examples:
+                if len(ahead) >= slots or chars >= self.settings.prepare_chars:
+                    break
+                waiting = example.admitted_at is None and not example.done and example.prepared is None
+                if (not waiting or self._lane(example) != lane or example is self._reading[lane]
+                        or example.selector_tokens > engine.piece_tokens):  # fmt: skip
+                    continue
+                ahead.append(example)
+                chars += len(example.text)
+        if len(ahead) < 2:
+            return 0  # one text alone is read by ``prepare`` as before
+        try:
+            read = engine.prepare_together(ahead)
+        except Exception:
+            log.exception("reading texts together failed; they are read one by one")
+            return 0
+        for example, tokens in zip(ahead, read, strict=True):
+            if tokens is not None:
+                example.tokens = tokens
+        return chars
 
     def _fits(self, example: Example, held: list[int], rows: int) -> bool:
         """Whether ``example`` may join a batch of ``rows`` rows, its request holding ``held``

@@ -32,6 +32,7 @@ from gatesum.model.reading import (
     copy_sources,
     document_sentences,
     needs_selector,
+    read_together,
     source_max_tokens,
 )
 from gatesum.model.running import RunningBatch
@@ -184,7 +185,8 @@ class ServiceEngine:
     thread. Texts of more than ``LONG_SOURCE`` tokens decode in a batch of their own (the long
     lane), so that the attention of short texts does not read the long ones' padding; the
     batcher decides when each lane steps. A text the content selector reads is read in pieces of
-    ``selector_steps`` time steps (model/reading.py ``DocumentReader``), one per ``prepare``."""
+    ``selector_steps`` time steps (model/reading.py ``DocumentReader``), one per ``prepare``;
+    texts of one piece are read many at once (``prepare_together``)."""
 
     def __init__(self, bundle: Bundle, settings: Settings) -> None:
         self.bundle = bundle
@@ -194,7 +196,7 @@ class ServiceEngine:
         self.gates: dict[Example, dict | None] = {}  # explain: each text's top forward encoder gates
         self.extracted: list[Example] = []  # extractive summaries read, answered at their lane's step
         self.readers: dict[Example, DocumentReader] = {}  # texts read in pieces, until read
-        self.selector_steps = settings.selector_steps
+        self.piece_tokens = settings.selector_steps  # the selector's time steps read per piece
         self.cost = calibrate(bundle, settings)
 
     @property
@@ -217,24 +219,50 @@ class ServiceEngine:
         """Read the next piece of the text (model/reading.py; the selector scores a long one
         whole, a piece at a time); once read, the source tokens the decoder will read, 1 for an
         extractive summary (it decodes nothing); None while pieces are left."""
-        key: BatchKey = example.request.key
-        reader = self.readers.get(example)
-        if reader is None:
-            generation = key.generation
-            reader = DocumentReader(self.bundle, example.text, key.mode, generation.copy_mask_threshold,
-                                    generation.extract_sentences, generation.lead_share)  # fmt: skip
-            self.readers[example] = reader
+        reader = self._reader(example)
         try:
-            reading = reader.advance(self.selector_steps)
+            reading = reader.advance(self.piece_tokens)
         except Exception:
             del self.readers[example]
             raise
         example.selector_tokens = reader.selector_tokens_left
         if reading is None:
             return None
+        return self._read(example, reading)
+
+    def prepare_together(self, examples: list[Example]) -> list[int | None]:
+        """Read at once the texts that are one piece of the selector's pass or need none (one
+        batched pass for them all, model/reading.py ``read_together``); as ``prepare`` for
+        each, None for a longer one, left tokenized for ``prepare``."""
+        try:
+            readers = [self._reader(example) for example in examples]
+            readings = read_together(readers, self.piece_tokens)
+        except Exception:
+            for example in examples:
+                self.readers.pop(example, None)
+            raise
+        read: list[int | None] = []
+        for example, reader, reading in zip(examples, readers, readings, strict=True):
+            example.selector_tokens = reader.selector_tokens_left
+            read.append(None if reading is None else self._read(example, reading))
+        return read
+
+    def _reader(self, example: Example) -> DocumentReader:
+        """The text's reader: kept from its last piece, or a new one."""
+        reader = self.readers.get(example)
+        if reader is None:
+            key: BatchKey = example.request.key
+            generation = key.generation
+            reader = DocumentReader(self.bundle, example.text, key.mode, generation.copy_mask_threshold,
+                                    generation.extract_sentences, generation.lead_share)  # fmt: skip
+            self.readers[example] = reader
+        return reader
+
+    def _read(self, example: Example, reading: Reading) -> int:
+        """The text is read: the tokens the decoder will read (1 for an extractive summary)."""
         del self.readers[example]
-        example.prepared = reading
-        return 1 if key.mode == "extractive" else len(reading.source_ids)
+        example.prepared, example.selector_tokens = reading, 0.0
+        return 1 if example.request.key.mode == "extractive" else len(reading.source_ids)
 
     def admit(self, examples: list[Example]) -> None:
         key: BatchKey = examples[0].request.key

@@ -54,7 +54,9 @@ inline float tanh_(float x) { return 2.f * sigmoid(2.f * x) - 1.f; }
 inline float* row(const Tensor& tensor, int64_t b) { return tensor.data_ptr<float>() + b * tensor.stride(0); }
 
 // added + x W^T (+ bias) for x (B, K), added (B, N): W (N, K) packed for oneDNN by
-// torch.ops.mkldnn._reorder_linear_weight (which then adds `added` as a post-op), or plain.
+// torch.ops.mkldnn._reorder_linear_weight (which then adds `added` as a post-op), or plain: then
+// `weight` is W^T (K, N), contiguous, for MKL's addmm (one row by 128 x 512 at one thread: 3.7 us,
+// 9.5 us on the transposed view W.t()), written into `added` in place (a scratch row of W x_t).
 Tensor matmul_add(const Tensor& x, const Tensor& added, const Tensor& weight, const std::optional<Tensor>& bias,
                   bool packed) {
   if (packed) {
@@ -65,7 +67,7 @@ Tensor matmul_add(const Tensor& x, const Tensor& added, const Tensor& weight, co
                                .typed<Signature>();
     return op.call(x, added, weight, bias, "add");
   }
-  Tensor out = at::addmm(added, x, weight.t());
+  Tensor out = at::addmm_out(const_cast<Tensor&>(added), added, x, weight);  // in place: no copy of `added`
   return bias ? out.add_(*bias) : out;
 }
 
@@ -303,13 +305,17 @@ std::tuple<Tensor, Tensor, Tensor> lstm_inference(const Tensor& x, const Tensor&
       for (const Slice& slice : mine) {
         const int64_t units = slice.end - slice.begin;
         // rows [q*H + begin, q*H + end) of each gate q: this slice's [i, f, o, ~C]
-        const Tensor rows = (at::arange(units, at::kLong).unsqueeze(0) + slice.begin +
-                             at::arange(4, at::kLong).unsqueeze(1) * H).flatten();
-        Tensor u = weight_hh[slice.d].index_select(0, rows).contiguous();
-        if (pack) u = reorder_linear_weight(u, B);
+        // (a thread with all H units of its direction takes the weights as they are)
+        auto own = [&](const Tensor& weight) {
+          if (units == H) return weight[slice.d];
+          const Tensor rows = (at::arange(units, at::kLong).unsqueeze(0) + slice.begin +
+                               at::arange(4, at::kLong).unsqueeze(1) * H).flatten();
+          return weight[slice.d].index_select(0, rows);
+        };
+        Tensor u = own(weight_hh).contiguous();
+        u = pack ? reorder_linear_weight(u, B) : u.t().contiguous();  // packed W, or U^T (H, 4 units)
         Tensor buffer = at::empty({C, B, 4 * units}, x.options());
-        work.push_back({slice, weight_ih[slice.d].index_select(0, rows).t(), u,
-                        bias[slice.d].index_select(0, rows), buffer, buffer.unbind(0)});
+        work.push_back({slice, own(weight_ih).t(), u, own(bias), buffer, buffer.unbind(0)});
       }
     });
     for (int64_t t = 0; t < T; ++t) {
@@ -322,8 +328,10 @@ std::tuple<Tensor, Tensor, Tensor> lstm_inference(const Tensor& x, const Tensor&
             const int64_t n = std::min(T - t, C);
             Tensor rows = item.buffer.narrow(0, 0, n).view({n * B, 4 * units});
             at::mm_out(rows, x_rows[d].narrow(0, t, n).reshape({n * B, I}), item.w);
+            if (!pack) rows.add_(item.b);  // b once per chunk; oneDNN adds it in its call instead
           }
-          const Tensor a = matmul_add(h_slots[now][d], item.inputs[k], item.u, item.b, pack);  // (B, 4 units)
+          const Tensor a = pack ? matmul_add(h_slots[now][d], item.inputs[k], item.u, item.b, true)
+                                : matmul_add(h_slots[now][d], item.inputs[k], item.u, std::nullopt, false);  // (B, 4 units)
           const float* c_now = c_slots[now][d].data_ptr<float>() + begin;
           float *c_next = c_slots[next][d].data_ptr<float>() + begin, *h_next = h_slots[next][d].data_ptr<float>() + begin;
           for (int64_t b = 0; b < B; ++b) {

@@ -8,7 +8,7 @@ import time
 import pytest
 import torch
 
-from gatesum.model import kernels
+from gatesum.model import fused, kernels
 from gatesum.model.fused import lstm_inference, lstm_layer, lstm_recurrence
 from gatesum.model.recurrent import Recurrent
 
@@ -126,7 +126,11 @@ def test_final_state_grads_enter_the_compiled_loop_at_each_rows_step(monkeypatch
 @pytest.mark.parametrize("bidirectional", [False, True], ids=["uni", "bi"])
 @pytest.mark.parametrize("lengths", [None, torch.tensor([7, 3, 1, 5, 0])], ids=["full", "padded"])
 @pytest.mark.parametrize("hidden", [5, 16])  # 5: the threads' slices of hidden units are uneven
-def test_compiled_inference_equals_the_training_path(monkeypatch, threads, bidirectional, lengths, hidden):
+@pytest.mark.parametrize("packed", [False, True], ids=["addmm", "onednn-packed"])
+def test_compiled_inference_equals_the_training_path(monkeypatch, threads, bidirectional, lengths, hidden, packed):
+    """Both step matmuls of the compiled loop (oneDNN's packed weight is used for large batches
+    only, ``fused._packing_pays``) give what the torch-ops loops give."""
+    monkeypatch.setattr(fused, "_packing_pays", lambda batch, hidden: packed)
     torch.manual_seed(hidden)
     layer = Recurrent("lstm", 4, hidden, num_layers=2, bidirectional=bidirectional)
     D = 2 if bidirectional else 1

@@ -14,7 +14,14 @@ from gatesum.model.bundle import load_bundle
 from gatesum.model.copy_mask import copy_masked, restrict_copy
 from gatesum.model.errors import GatesumError
 from gatesum.model.pipeline import encode_sources, summarize_texts
-from gatesum.model.reading import copy_sources, document_sentences, read_documents, sentence_offsets
+from gatesum.model.reading import (
+    DocumentReader,
+    copy_sources,
+    document_sentences,
+    read_documents,
+    read_together,
+    sentence_offsets,
+)
 from gatesum.model.search import GenerationConfig
 from gatesum.model.selector import extractive_summary, sentence_scores, split_sentences, token_probabilities
 from gatesum.model.text import normalize
@@ -125,6 +132,41 @@ def test_explain_adds_the_selectors_scores_of_the_tokens_read(selector_bundle, p
     assert len(summary.selection) == len(summary.source_ids) and all(0 < p < 1 for p in summary.selection)
     [plain] = summarize_texts(plain_bundle, texts[1:], FAST, explain=True)
     assert plain.selection is None
+
+
+def test_texts_read_together_are_read_as_each_reader_reads_it_alone(selector_bundle, texts):
+    """One batched selector pass for the texts of one piece (the service's short requests) gives
+    each the Reading its own reader gives; a text longer than a piece is left, tokenized, to be
+    read in pieces, and then reads the same."""
+    many = texts + [row["article"] for row in make_rows([3, 8, 12], seed=4)]
+    settings = [("abstractive", 0.5), ("abstractive", 0.0), ("extractive", 0.0)]
+    for mode, threshold in settings:
+
+        def reader(text: str) -> DocumentReader:
+            return DocumentReader(selector_bundle, text, mode, threshold, 2, 0.5)
+
+        alone = [reader(text).advance(10_000) for text in many]
+        together = read_together([reader(text) for text in many], max_tokens=10_000)
+        for one, other in zip(alone, together, strict=True):
+            assert (other.read, other.source_ids, other.sentences) == (one.read, one.source_ids, one.sentences)
+            assert other.extract == one.extract
+            if one.source_probabilities is None:
+                assert other.source_probabilities is None
+            else:
+                torch.testing.assert_close(other.source_probabilities, one.source_probabilities)
+    readers = [DocumentReader(selector_bundle, text, copy_mask_threshold=0.5) for text in many]
+    lengths = [len(document_sentences(selector_bundle, text)[1]) for text in many]
+    piece = sorted(lengths)[len(lengths) // 2]
+    left = read_together(readers, max_tokens=piece)
+    assert [reading is None for reading in left] == [length > piece for length in lengths]
+    for reader, reading, text in zip(readers, left, many, strict=True):
+        if reading is None:
+            assert reader.document is not None and reader.selector_pass is None  # tokenized, no pass yet
+            assert reader.selector_tokens_left == len(reader.document[1])
+            [whole] = read_documents(selector_bundle, [text], copy_mask_threshold=0.5)
+            while (reading := reader.advance(16)) is None:
+                pass
+            assert reading.source_ids == whole.source_ids and reading.sentences == whole.sentences
 
 
 # --- the bottom-up copy mask ----------------------------------------------------------------------

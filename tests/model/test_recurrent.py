@@ -122,3 +122,19 @@ def test_unknown_cell_is_refused():
 def test_reverse_padded_backward_is_the_gather_autograd_would_give():
     x, lengths = torch.randn(3, 6, 2, dtype=torch.float64, requires_grad=True), torch.tensor([6, 4, 1])
     torch.autograd.gradcheck(lambda x: reverse_padded(x, lengths), (x,))
+
+
+@pytest.mark.parametrize("bidirectional", [False, True])
+def test_inference_follows_a_weight_changed_in_place(bidirectional):
+    """Without autograd the fused LSTM keeps its weights stacked between calls: a weight changed
+    in place (an optimizer step, a loaded state dict) is seen by the next call."""
+    torch.manual_seed(0)
+    ours = Recurrent("lstm", 3, 4, num_layers=2, bidirectional=bidirectional)
+    reference = nn.LSTM(3, 4, num_layers=2, bidirectional=bidirectional, batch_first=True)
+    x = torch.randn(2, 5, 3)
+    with torch.no_grad():
+        ours(x)  # stacks and keeps the weights
+        ours.load_state_dict(Recurrent.from_torch(reference).state_dict())
+        got, _ = ours(x)
+        want, _ = reference(x)
+    torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)

@@ -27,7 +27,8 @@ class FakeEngine:
     """Each text decodes for len(text) steps into text.upper(); ``boom`` fails the step. Texts
     of more than ``long_source`` characters run in the long lane, and are read in
     ``read_pieces`` pieces (as the content selector reads a long document), each logged as
-    ("read", LONG); the selector reads len(text) tokens of them."""
+    ("read", LONG); the selector reads len(text) tokens of them. Short texts are read together
+    (``prepare_together``, logged in ``together``); "unreadable" fails to be read."""
 
     source_limit = 1000
 
@@ -35,6 +36,7 @@ class FakeEngine:
                  long_step_seconds: float | None = None, prepare_seconds: float = 0.0,
                  read_pieces: int = 1) -> None:  # fmt: skip
         self.cost, self.long_source = cost, long_source
+        self.piece_tokens = long_source  # a text the selector reads is read in one piece up to this
         self.step_seconds = (step_seconds, step_seconds if long_step_seconds is None else long_step_seconds)
         self.prepare_seconds = prepare_seconds  # to read a piece of a text of the long lane
         self.read_pieces = read_pieces
@@ -43,6 +45,7 @@ class FakeEngine:
         self.batches: list[list[str]] = []  # the texts in the stepped lane's batch at every step
         self.admitted: list[list[str]] = []  # the texts of every admit call
         self.log: list[tuple[str, int]] = []  # ("admit" | "step", lane), in order
+        self.together: list[list[str]] = []  # the texts of every prepare_together call
 
     @property
     def rows(self) -> int:
@@ -55,6 +58,8 @@ class FakeEngine:
         return len(example.text) if len(example.text) > self.long_source else 0
 
     def prepare(self, example: Example) -> int | None:
+        if example.text == "unreadable":
+            raise ValueError("cannot tokenize")
         if len(example.text) > self.long_source:
             time.sleep(self.prepare_seconds)
             self.log.append(("read", LONG))
@@ -66,6 +71,10 @@ class FakeEngine:
             example.selector_tokens = 0
         example.prepared = example.text
         return len(example.text)
+
+    def prepare_together(self, examples: list[Example]) -> list[int | None]:
+        self.together.append(sorted(example.text for example in examples))
+        return [self.prepare(example) for example in examples]
 
     def admit(self, examples: list[Example]) -> None:
         self.log.append(("admit", examples[0].lane))
@@ -262,6 +271,42 @@ def test_waiting_requests_of_one_setting_are_encoded_together() -> None:
         ["t0", "t1", "t2", "t3", "t4"],
         ["u"],
     ]  # one call per setting
+
+
+def test_waiting_short_texts_are_read_together_whatever_their_setting() -> None:
+    """One ``prepare_together`` for the six short texts (one selector pass, where the model has
+    one); the long text is read on its own, in its lane."""
+    engine = FakeEngine(long_source=50)
+
+    async def scenario() -> None:
+        batcher = make_batcher(engine, max_wait_ms=300)
+        other = BatchKey(GenerationConfig(beam_size=2, max_length=256), explain=False)
+        requests = [batcher.submit([f"t{i}"], GREEDY) for i in range(5)] + [batcher.submit(["u"], other)]
+        long = batcher.submit(["x" * 60], GREEDY)
+        assert [await request.future for request in requests] == [["T0"], ["T1"], ["T2"], ["T3"], ["T4"], ["U"]]
+        assert await long.future == ["X" * 60]
+        await batcher.stop()
+
+    asyncio.run(scenario())
+    assert engine.together == [["t0", "t1", "t2", "t3", "t4", "u"]]
+    assert engine.log.count(("read", LONG)) == 1
+
+
+def test_a_text_that_cannot_be_read_fails_its_request_alone() -> None:
+    """Read together, one text fails: the texts are read again one by one, and only the
+    request whose text fails gets the error."""
+    engine = FakeEngine()
+
+    async def scenario() -> None:
+        batcher = make_batcher(engine, max_wait_ms=300)
+        bad, good = batcher.submit(["unreadable"], GREEDY), batcher.submit(["fine", "also"], GREEDY)
+        with pytest.raises(ValueError, match="cannot tokenize"):
+            await bad.future
+        assert await good.future == ["FINE", "ALSO"]
+        await batcher.stop()
+
+    asyncio.run(scenario())
+    assert engine.together == [["also", "fine", "unreadable"]]
 
 
 def test_one_request_holds_at_most_its_share_of_the_batch() -> None:

@@ -87,6 +87,25 @@ def test_the_copy_mask_is_served_as_the_pipeline_applies_it(selector_client, sel
     assert served != [summary.summary for summary in unmasked]  # the mask changed something
 
 
+def test_texts_read_together_are_summarized_as_the_pipeline_summarizes_them(selector_bundle):
+    """The short texts of a batch request are read at once (one selector pass for them all) and
+    each text is summarized as the pipeline summarizes it alone, in both modes."""
+    texts = [ARTICLE, LONG, make_rows([6], seed=8)[0]["article"]]
+    with serving(make_settings(selector_bundle)) as client:
+        engine = client.app.state.service.batcher.engine
+        together, calls = engine.prepare_together, []
+        engine.prepare_together = lambda examples: calls.append(len(examples)) or together(examples)
+        abstractive = client.post("/v1/summarize/batch", json={"texts": texts}).json()
+        extractive = client.post("/v1/summarize/batch", json={"texts": texts, "mode": "extractive"}).json()
+    assert calls == [2, 2]  # the two short texts together; LONG on the long lane's turn
+    bundle = load_bundle(selector_bundle)
+    greedy = GenerationConfig(beam_size=1, max_length=8)  # the test settings' defaults
+    for served, mode in ((abstractive, "abstractive"), (extractive, "extractive")):
+        alone = [summarize_texts(bundle, [text], greedy, mode=mode)[0] for text in texts]
+        assert [result["summary"] for result in served["results"]] == [summary.summary for summary in alone]
+        assert [result["read"] for result in served["results"]] == [summary.read for summary in alone]
+
+
 def test_without_a_selector_extractive_and_the_copy_mask_are_refused(client):
     for extra in ({"mode": "extractive"}, {"copy_mask_threshold": 0.4}):
         response = client.post("/v1/summarize", json={"text": ARTICLE, **extra})
