@@ -199,7 +199,9 @@ class DocumentReader:
                         self.extract_sentences, self.lead_share)  # fmt: skip
 
 
-def read_together(readers: Sequence[DocumentReader], max_tokens: int, batch_size: int = 16) -> list[Reading | None]:
+def read_together(
+    readers: Sequence[DocumentReader], max_tokens: int, batch_size: int = 16
+) -> list[Reading | None]:
     """Read, at once, the texts whose selector pass is at most ``max_tokens`` tokens (one piece)
     or that need none: one batched pass (``token_probabilities_batch``) instead of one per text
     (the per-step cost of a small recurrent layer hardly grows with the batch). Each Reading is the one its

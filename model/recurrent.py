@@ -266,7 +266,6 @@ class Recurrent(nn.Module):
         B = x.shape[0]
         D, H = self.num_directions, self.hidden_size
         first = layer * D
-        cells = self.cells[first : first + D]
         sources = [x, reverse_padded(x, lengths)] if D == 2 else [x]
         x = torch.stack([source.transpose(0, 1) for source in sources])  # time major (D, T, B, I)
         if initial is None:
@@ -294,7 +293,8 @@ class Recurrent(nn.Module):
         weights = [[getattr(cell, name) for cell in cells] for name in ("weight_ih", "weight_hh", "bias")]
         if torch.is_grad_enabled() and any(weight.requires_grad for group in weights for weight in group):
             return tuple(torch.stack(group) for group in weights)  # training: through autograd
-        key = tuple((weight.data_ptr(), weight._version, weight.device) for group in weights for weight in group)
+        key = tuple((weight.data_ptr(), weight._version, weight.device)
+                    for group in weights for weight in group)  # fmt: skip
         kept = self._stacked.get(layer)
         if kept is None or kept[0] != key:
             with torch.no_grad():

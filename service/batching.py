@@ -402,7 +402,7 @@ class ContinuousBatcher:
                 candidates.remove(request)
                 continue
             unread = example.prepared is None
-            if chosen and (unread and chars >= settings.prepare_chars or tokens >= settings.encode_tokens):
+            if chosen and ((unread and chars >= settings.prepare_chars) or tokens >= settings.encode_tokens):
                 break  # the rest joins at the next step: short requests keep moving meanwhile
             if example.prepared is None:
                 reading = self._reading[lane]

@@ -127,7 +127,9 @@ def test_final_state_grads_enter_the_compiled_loop_at_each_rows_step(monkeypatch
 @pytest.mark.parametrize("lengths", [None, torch.tensor([7, 3, 1, 5, 0])], ids=["full", "padded"])
 @pytest.mark.parametrize("hidden", [5, 16])  # 5: the threads' slices of hidden units are uneven
 @pytest.mark.parametrize("packed", [False, True], ids=["addmm", "onednn-packed"])
-def test_compiled_inference_equals_the_training_path(monkeypatch, threads, bidirectional, lengths, hidden, packed):
+def test_compiled_inference_equals_the_training_path(
+    monkeypatch, threads, bidirectional, lengths, hidden, packed
+):
     """Both step matmuls of the compiled loop (oneDNN's packed weight is used for large batches
     only, ``fused._packing_pays``) give what the torch-ops loops give."""
     monkeypatch.setattr(fused, "_packing_pays", lambda batch, hidden: packed)

@@ -283,7 +283,8 @@ def test_waiting_short_texts_are_read_together_whatever_their_setting() -> None:
         other = BatchKey(GenerationConfig(beam_size=2, max_length=256), explain=False)
         requests = [batcher.submit([f"t{i}"], GREEDY) for i in range(5)] + [batcher.submit(["u"], other)]
         long = batcher.submit(["x" * 60], GREEDY)
-        assert [await request.future for request in requests] == [["T0"], ["T1"], ["T2"], ["T3"], ["T4"], ["U"]]
+        answers = [await request.future for request in requests]
+        assert answers == [["T0"], ["T1"], ["T2"], ["T3"], ["T4"], ["U"]]
         assert await long.future == ["X" * 60]
         await batcher.stop()
 
