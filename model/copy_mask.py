@@ -9,7 +9,11 @@ renormalizes the copy distribution over them,
 
     ã_t,i = a_t,i · [q_i > ε] / Σ_j a_t,j · [q_j > ε]
 
-while the context vector still reads the full attention. The mask travels as a second copy of
+while the context vector still reads the full attention. As in the paper, where the selector
+tags words, the mask keeps or drops whole words: q of a word is the largest of its subword
+pieces' (``model.reading.word_maxima``), so that "▁sample" + "s" is never cut to "▁sample" and
+then ended otherwise ("sample s"); on 500 validation documents this is +0.18 R-1 over masking
+piece by piece (benchmarks/results/select-validation/README.md). The mask travels as a second copy of
 the source ids with PAD where q_i ≤ ε (``model.reading.copy_sources``): the scatter then sends
 any leftover mass to PAD, which search never emits, and ``restrict_copy`` finds the kept
 positions from it. Rows with nothing masked are returned unchanged, bit for bit.

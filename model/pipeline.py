@@ -94,7 +94,8 @@ def summarize_texts(
     if mode == "extractive":
         return [extractive(bundle, text, reading, explain) for text, reading in zip(texts, readings)]
     sources = [reading.source_ids for reading in readings]
-    masked = copy_sources(readings, generation.copy_mask_threshold, bundle.model.config.pad_id)
+    masked = copy_sources(readings, generation.copy_mask_threshold, bundle.model.config.pad_id,
+                          bundle.tokenizer.word_starts)  # fmt: skip
     results: list[Summary | None] = [None] * len(texts)
     for chunk in batches_by_length(sources, batch_size):
         rows = [sources[i] for i in chunk]

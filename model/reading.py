@@ -292,9 +292,13 @@ def _extract(sentences: list[str], ids: list[int], probabilities: Tensor, scores
     return Reading("whole", ids, len(ids), uses, 0, probabilities, [sentences[i] for i in kept])
 
 
-def copy_sources(readings: Sequence[Reading], threshold: float, pad_id: int) -> list[list[int]] | None:
+def copy_sources(readings: Sequence[Reading], threshold: float, pad_id: int,
+                 word_starts: Sequence[bool] | None = None) -> list[list[int]] | None:  # fmt: skip
     """The bottom-up copy mask (Gehrmann et al. 2018, §4) as source ids for the copy term: each
-    id read, or PAD where the selector's P(copied) is not above ``threshold``; None when off."""
+    id read, or PAD where the selector's P(copied) is not above ``threshold``; None when off.
+    With ``word_starts`` (per vocabulary id: whether its piece begins a word,
+    ``Tokenizer.word_starts``) the mask decides per word: a word's pieces are all kept when any
+    of them is above the threshold."""
     if threshold <= 0:
         return None
     masked = []
@@ -303,9 +307,23 @@ def copy_sources(readings: Sequence[Reading], threshold: float, pad_id: int) -> 
         if probabilities is None:  # the selector did not run (extractive readings never decode)
             masked.append(list(reading.source_ids))
             continue
+        if word_starts is not None:
+            probabilities = word_maxima(reading.source_ids, probabilities, word_starts)
         allowed = (probabilities > threshold).tolist()
         masked.append([token if keep else pad_id for token, keep in zip(reading.source_ids, allowed)])
     return masked
+
+
+def word_maxima(ids: Sequence[int], probabilities: Tensor, word_starts: Sequence[bool]) -> Tensor:
+    """(S,) -> (S,): each piece's value replaced by the largest of its word's pieces (a word: a
+    piece that begins one and the continuation pieces after it)."""
+    if not len(ids):
+        return probabilities
+    starts = torch.tensor([bool(word_starts[token]) for token in ids])
+    words = (torch.cumsum(starts.long(), 0) - 1).clamp_min(0)  # (S,) each piece's word
+    maxima = probabilities.new_full((int(words[-1]) + 1,), float("-inf"))
+    maxima = maxima.scatter_reduce(0, words, probabilities, reduce="amax")
+    return maxima[words]
 
 
 def sentence_offsets(text: str, sentences: Sequence[str]) -> list[tuple[int, int]]:

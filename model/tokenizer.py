@@ -13,6 +13,7 @@ normalization is ``identity`` so that ``decode(encode(text)) == text`` for such 
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import io
 import re
@@ -113,6 +114,14 @@ class Tokenizer:
             if token not in (PAD_ID, BOS_ID):
                 kept.append(token)
         return self.processor.decode(kept)
+
+    @functools.cached_property
+    def word_starts(self) -> list[bool]:
+        """Per id: whether its piece begins a word (sentencepiece's ▁ prefix; the special ids
+        too). Byte pieces and the rest continue the word before them."""
+        processor = self.processor
+        return [processor.is_control(i) or processor.is_unknown(i) or processor.id_to_piece(i).startswith("▁")
+                for i in range(processor.get_piece_size())]  # fmt: skip
 
     def id_to_piece(self, ids: Iterable[int]) -> list[str]:
         """One readable label per id, for attention plots: ``▁the``, ``</s>``, and byte pieces

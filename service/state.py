@@ -271,7 +271,8 @@ class ServiceEngine:
             return
         readings: list[Reading] = [example.prepared for example in examples]
         sources = [reading.source_ids for reading in readings]
-        masked = copy_sources(readings, key.generation.copy_mask_threshold, self.bundle.model.config.pad_id)
+        masked = copy_sources(readings, key.generation.copy_mask_threshold, self.bundle.model.config.pad_id,
+                              self.bundle.tokenizer.word_starts)  # fmt: skip
         gates = self.batches[examples[0].lane].admit(sources, key.generation, examples, key.explain, masked)
         for position, example in enumerate(examples):
             self.gates[example] = top_forward_gates(gates, self.bundle, position, len(sources[position]))

@@ -16,11 +16,13 @@ from gatesum.model.errors import GatesumError
 from gatesum.model.pipeline import encode_sources, summarize_texts
 from gatesum.model.reading import (
     DocumentReader,
+    Reading,
     copy_sources,
     document_sentences,
     read_documents,
     read_together,
     sentence_offsets,
+    word_maxima,
 )
 from gatesum.model.search import GenerationConfig
 from gatesum.model.selector import extractive_summary, sentence_scores, split_sentences, token_probabilities
@@ -226,6 +228,29 @@ def test_summaries_with_the_copy_mask(selector_bundle, texts):
     assert [s.token_ids for s in summaries] != [s.token_ids for s in unmasked]  # the mask changes the copy
 
 
+def test_the_copy_mask_keeps_or_drops_whole_words(selector_bundle):
+    """Pieces of one word share the largest of their P(copied): "▁sample" above the threshold
+    keeps its "s" below it; a word below it in all its pieces is dropped whole."""
+    tokenizer = selector_bundle.tokenizer
+    ids = tokenizer.encode("dna samples were taken")
+    pieces = tokenizer.id_to_piece(ids)
+    starts = [tokenizer.word_starts[token] for token in ids]
+    assert starts[0] and not all(starts)  # some word is more than one piece
+    words = torch.cumsum(torch.tensor(starts).long(), 0) - 1
+    probabilities = torch.linspace(0.9, 0.1, len(ids))  # falls along the text: it cuts some word
+    pooled = word_maxima(ids, probabilities, tokenizer.word_starts)
+    for position in range(len(ids)):
+        same_word = probabilities[words == words[position]]
+        assert pooled[position] == same_word.max(), pieces
+    threshold = float(probabilities[len(ids) // 2])
+    reading = Reading("whole", ids, len(ids), [], 1, probabilities)
+    [masked] = copy_sources([reading], threshold, 0, tokenizer.word_starts)
+    assert masked == [token if pooled[i] > threshold else 0 for i, token in enumerate(ids)]
+    for word in words.unique():  # whole words, never a part
+        kept = {masked[i] != 0 for i in range(len(ids)) if words[i] == word}
+        assert len(kept) == 1
+
+
 def test_the_running_batch_applies_the_copy_mask_as_summarize_texts_does(selector_bundle):
     """Texts with the copy mask beside texts without it, joining one RunningBatch at different
     steps: each decodes to the tokens summarize_texts gives it."""
@@ -243,7 +268,8 @@ def test_the_running_batch_applies_the_copy_mask_as_summarize_texts_does(selecto
             readings = read_documents(
                 selector_bundle, [texts[index]], copy_mask_threshold=config.copy_mask_threshold
             )
-            copy = copy_sources(readings, config.copy_mask_threshold, selector_bundle.model.config.pad_id)
+            copy = copy_sources(readings, config.copy_mask_threshold, selector_bundle.model.config.pad_id,
+                                selector_bundle.tokenizer.word_starts)  # fmt: skip
             batch.admit([readings[0].source_ids], config, [index], copy_sources=copy)
         decoded.update((item.handle, item.tokens) for item in batch.step())
         step += 1
