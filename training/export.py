@@ -64,6 +64,8 @@ def run(args: argparse.Namespace) -> int:
     selector = bundle.selector
     if args.selector is not None:
         selector, card["selector"] = selector_of(load_bundle(args.selector), bundle)
+        card["selector_from"] = str(args.selector)
+    card = relative_paths(card, f"{Path.cwd()}/")
     save_bundle(args.output, bundle.model, bundle.tokenizer, bundle.normalizer, card,
                 dtype=DTYPES[args.dtype], selector=selector)  # fmt: skip
     size = sum(file.stat().st_size for file in args.output.iterdir())
@@ -71,6 +73,16 @@ def run(args: argparse.Namespace) -> int:
     averaged = f", the mean of {len(args.average) + 1} bundles" if args.average else ""
     print(f"wrote {args.output} ({size / 2**20:.1f} MiB, {args.dtype} weights{averaged}{selector})")
     return 0
+
+
+def relative_paths(value: Any, prefix: str) -> Any:
+    """The card with ``prefix`` (this machine's working directory) cut from every string that
+    starts with it: a run started with an absolute --output-dir records where it ran."""
+    if isinstance(value, dict):
+        return {key: relative_paths(item, prefix) for key, item in value.items()}
+    if isinstance(value, list):
+        return [relative_paths(item, prefix) for item in value]
+    return value.removeprefix(prefix) if isinstance(value, str) else value
 
 
 def average_weights(bundle: Bundle, others: list[Bundle]) -> None:

@@ -7,6 +7,7 @@ import torch
 from gatesum.model.bundle import load_bundle
 from gatesum.model.pipeline import summarize_texts
 from gatesum.model.search import GenerationConfig
+from gatesum.training.export import relative_paths
 
 
 def test_export_halves_the_weights_and_keeps_the_summaries(tiny_bundle, tmp_path, gatesum):
@@ -75,6 +76,7 @@ def test_selector_ships_another_bundles_selector(tiny_bundle, make_selector_bund
         assert torch.equal(weight, original.selector.state_dict()[name])
     card = json.loads((output / "config.json").read_text())
     assert card["selector"] == json.loads((source / "config.json").read_text())["selector"]
+    assert card["selector_from"] == str(source)
 
 
 def test_selector_from_a_bundle_without_one_is_refused(tiny_bundle, tmp_path, gatesum):
@@ -124,3 +126,15 @@ def test_average_refuses_another_model(tiny_bundle, tmp_path, gatesum):
     other = _shifted_copy(tiny_bundle, tmp_path / "other", 0.0, decoder_hidden_size=24)
     result = gatesum("export", "--model", tiny_bundle, "--average", other, "--output", tmp_path / "out")
     assert result.code == 2 and "other model settings" in result.err and not (tmp_path / "out").exists()
+
+
+def test_paths_under_the_working_directory_are_made_relative():
+    """A run started with an absolute --output-dir records where it ran; the shipped card says
+    runs/x, not /home/me/work/runs/x. Other strings and paths stay as they are."""
+    card = {"training": {"options": {"train": {"output_dir": "/home/me/work/runs/x"}}, "step": 5},
+            "averaged_from": ["/home/me/work/runs/a", "runs/b", "/elsewhere/c"], "name": "m"}  # fmt: skip
+    assert relative_paths(card, "/home/me/work/") == {
+        "training": {"options": {"train": {"output_dir": "runs/x"}}, "step": 5},
+        "averaged_from": ["runs/a", "runs/b", "/elsewhere/c"],
+        "name": "m",
+    }
