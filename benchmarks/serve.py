@@ -210,6 +210,9 @@ async def _load(url: str, args: argparse.Namespace) -> dict[str, float]:
         "p95_ms": 1000 * _p95(latencies),
         "mean_batch_size": texts / max(steps, 1),
         "decoder_steps": steps,
+        # the model thread's seconds: decoder steps, and reading (tokenizing, the selector, encoding)
+        "model_seconds": after["gatesum_model_seconds_total"] - before["gatesum_model_seconds_total"],
+        "reading_seconds": after["gatesum_reading_seconds_total"] - before["gatesum_reading_seconds_total"],
         "statuses": dict(statuses),
         "seconds": elapsed,
     }
@@ -311,5 +314,6 @@ def _print(name: str, result: dict) -> None:
     print(
         f"{name:>13}: {result['throughput']:7.2f} req/s   p50 {result['p50_ms']:8.1f} ms   "
         f"p95 {result['p95_ms']:8.1f} ms   mean batch {result['mean_batch_size']:5.2f} texts "
-        f"({result['decoder_steps']:.0f} decoder steps)   statuses {result['statuses']}"
+        f"({result['decoder_steps']:.0f} decoder steps)   model thread: steps {result['model_seconds']:.1f} s, "
+        f"reading {result['reading_seconds']:.1f} s   statuses {result['statuses']}"
     )
