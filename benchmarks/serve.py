@@ -314,6 +314,7 @@ def _print(name: str, result: dict) -> None:
     print(
         f"{name:>13}: {result['throughput']:7.2f} req/s   p50 {result['p50_ms']:8.1f} ms   "
         f"p95 {result['p95_ms']:8.1f} ms   mean batch {result['mean_batch_size']:5.2f} texts "
-        f"({result['decoder_steps']:.0f} decoder steps)   model thread: steps {result['model_seconds']:.1f} s, "
-        f"reading {result['reading_seconds']:.1f} s   statuses {result['statuses']}"
+        f"({result['decoder_steps']:.0f} decoder steps)   model thread: steps "
+        f"{result['model_seconds']:.1f} s, reading {result['reading_seconds']:.1f} s   "
+        f"statuses {result['statuses']}"
     )
