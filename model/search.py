@@ -82,9 +82,9 @@ class GenerationConfig:
         0.15,
         0.0,
         1.0,
-        "bottom-up copy mask (Gehrmann et al. 2018): copy only source tokens whose content-selector "
-        "probability is above this (0: off); the default applies where the model has a selector, "
-        "other values need one",
+        "bottom-up copy mask (Gehrmann et al. 2018): copy only source words whose content-selector "
+        "probability (a word's best piece) is above this (0: off); the default applies where the "
+        "model has a selector, other values need one",
     )
     lead_share: float = _setting(
         0.5,
