@@ -128,16 +128,10 @@ def read_documents(
     document, where it changes something (``needs_selector``); the tokens of a text are exactly
     ``tokenizer.encode(normalize(text))``."""
     check_mode(bundle, mode, copy_mask_threshold)
-    documents = [document_sentences(bundle, text) for text in texts]
-    probabilities: list[Tensor | None] = [None] * len(documents)
-    if bundle.selector is not None:
-        wanted = [i for i, (_, ids, _) in enumerate(documents)
-                  if needs_selector(bundle, len(ids), mode, copy_mask_threshold)]  # fmt: skip
-        scored = token_probabilities_batch(bundle.selector, [documents[i][1] for i in wanted], batch_size)
-        for index, values in zip(wanted, scored, strict=True):
-            probabilities[index] = values
-    return [_reading(bundle, text, document, values, mode, extract_sentences, lead_share)
-            for text, document, values in zip(texts, documents, probabilities, strict=True)]  # fmt: skip
+    readers = [DocumentReader(bundle, text, mode, copy_mask_threshold, extract_sentences, lead_share)
+               for text in texts]  # fmt: skip
+    readings = read_together(readers, None, batch_size)
+    return [reading for reading in readings if reading is not None]  # no piece limit: none is None
 
 
 def needs_selector(bundle: Bundle, tokens: int, mode: str, copy_mask_threshold: float) -> bool:
@@ -200,17 +194,18 @@ class DocumentReader:
 
 
 def read_together(
-    readers: Sequence[DocumentReader], max_tokens: int, batch_size: int = 16
+    readers: Sequence[DocumentReader], max_tokens: int | None, batch_size: int = 16
 ) -> list[Reading | None]:
-    """Read, at once, the texts whose selector pass is at most ``max_tokens`` tokens (one piece)
-    or that need none: one batched pass (``token_probabilities_batch``) instead of one per text
-    (the per-step cost of a small recurrent layer hardly grows with the batch). Each Reading is the one its
-    reader's ``advance`` would give (the probabilities within float rounding). A longer text
-    gets None: it is tokenized, and its reader reads it in pieces as before."""
+    """Read, at once, the texts whose selector pass is at most ``max_tokens`` tokens (one piece;
+    None: any length) or that need none: one batched pass (``token_probabilities_batch``)
+    instead of one per text (the per-step cost of a small recurrent layer hardly grows with the
+    batch). Each Reading is the one its reader's ``advance`` would give (the probabilities
+    within float rounding). A longer text gets None: it is tokenized, and its reader reads it
+    in pieces as before."""
     for reader in readers:
         reader.split()
     passes = [i for i, reader in enumerate(readers) if reader.needs_pass and reader.selector_pass is None
-              and len(reader.document[1]) <= max_tokens]  # fmt: skip
+              and (max_tokens is None or len(reader.document[1]) <= max_tokens)]  # fmt: skip
     probabilities: dict[int, Tensor] = {}
     if passes:
         rows = [readers[i].document[1] for i in passes]

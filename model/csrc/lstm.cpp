@@ -330,8 +330,8 @@ std::tuple<Tensor, Tensor, Tensor> lstm_inference(const Tensor& x, const Tensor&
             at::mm_out(rows, x_rows[d].narrow(0, t, n).reshape({n * B, I}), item.w);
             if (!pack) rows.add_(item.b);  // b once per chunk; oneDNN adds it in its call instead
           }
-          const Tensor a = pack ? matmul_add(h_slots[now][d], item.inputs[k], item.u, item.b, true)
-                                : matmul_add(h_slots[now][d], item.inputs[k], item.u, std::nullopt, false);  // (B, 4 units)
+          const std::optional<Tensor> bias = pack ? std::optional<Tensor>(item.b) : std::nullopt;  // else in W x_t
+          const Tensor a = matmul_add(h_slots[now][d], item.inputs[k], item.u, bias, pack);  // (B, 4 units)
           const float* c_now = c_slots[now][d].data_ptr<float>() + begin;
           float *c_next = c_slots[next][d].data_ptr<float>() + begin, *h_next = h_slots[next][d].data_ptr<float>() + begin;
           for (int64_t b = 0; b < B; ++b) {
