@@ -100,7 +100,9 @@ def _finals(hs: Tensor, cs: Tensor, last: Tensor) -> tuple[Tensor, Tensor]:
 
 
 def lstm_inference(x: Tensor, weight_ih: Tensor, weight_hh: Tensor, bias: Tensor, h0: Tensor, c0: Tensor,
-                   lengths: Tensor | None, chunk: int = 16) -> tuple[Tensor, ...] | None:  # fmt: skip
+                   lengths: Tensor | None, weight_hh_t: Tensor | None = None,
+                   weight_hh_blocks: Tensor | None = None,
+                   chunk: int | None = None) -> tuple[Tensor, ...] | None:  # fmt: skip
     """A whole layer without autograd, in the compiled loop; None where that loop cannot run it
     (autograd wanted, autocast, not CPU float32, kernel unavailable): then use ``lstm_recurrence``.
 
@@ -108,6 +110,10 @@ def lstm_inference(x: Tensor, weight_ih: Tensor, weight_hh: Tensor, bias: Tensor
     length, and lengths (B,) or None. Returns outputs (B, T, D·H) batch first, each direction's
     h_t at the position it read (padding zeroed), and the final h, C (D, B, H) at length − 1.
     Unlike ``lstm_recurrence`` it keeps no (D, T, B, H) buffers of h_t and C_t to copy from.
+    ``weight_hh_t``: Uᵀ (D, H, 4H) contiguous, and ``weight_hh_blocks``: Uᵀ in column blocks
+    (``column_blocks``), when the caller keeps them between calls (else the loop makes what it
+    needs at every call: a transpose is ~0.14 ms a direction at H 128). ``chunk``: the steps of
+    each input projection call, by default ``inference_chunk(B)``.
     """
     inputs = (x, weight_ih, weight_hh, bias, h0, c0)
     if torch.is_grad_enabled() and any(tensor.requires_grad for tensor in inputs):
@@ -117,8 +123,27 @@ def lstm_inference(x: Tensor, weight_ih: Tensor, weight_hh: Tensor, bias: Tensor
     if (ops := _kernels(x)) is None:
         return None
     pack = _can_pack(weight_hh) and _packing_pays(x.shape[2], weight_hh.shape[-1])
+    blocks = None
+    if not pack and x.shape[2] <= SMALL_ROWS and weight_hh.shape[1] % BLOCK == 0:
+        blocks = weight_hh_blocks if weight_hh_blocks is not None else column_blocks(weight_hh)
     lengths = lengths.cpu() if lengths is not None else None
-    return ops.lstm_inference(x, weight_ih, weight_hh, bias, h0, c0, lengths, pack, chunk)
+    chunk = chunk or inference_chunk(x.shape[2])
+    return ops.lstm_inference(x, weight_ih, weight_hh, bias, h0, c0, lengths, pack, chunk, weight_hh_t,
+                              blocks)  # fmt: skip
+
+
+def inference_chunk(batch: int) -> int:
+    """Steps per input projection call in ``lstm_inference``: 16, or more for few rows, so that
+    each call projects at least ``PROJECTION_ROWS`` rows (MKL repacks W at every call). Always a
+    divisor of ``MAX_INFERENCE_CHUNK``."""
+    return 16 * max(1, PROJECTION_ROWS // (16 * max(batch, 1)))
+
+
+def column_blocks(weight_hh: Tensor) -> Tensor:
+    """U (D, 4H, H) -> Uᵀ (D, H, 4H) in blocks of ``BLOCK`` columns, (D, 4H / BLOCK, H, BLOCK)
+    contiguous: the layout lstm.cpp's ``small_matmul_add`` streams through in order."""
+    D, G, H = weight_hh.shape
+    return weight_hh.reshape(D, G // BLOCK, BLOCK, H).transpose(2, 3).contiguous()
 
 
 def _run(x: Tensor, weight: Tensor | None, weight_hh: Tensor, bias: Tensor, h0: Tensor, c0: Tensor,
@@ -150,6 +175,15 @@ def _transposed(weights: Tensor) -> list[Tensor]:
 # 1.04–1.12× as fast for 16–32 rows of H 256 over 100–400 steps, but 0.85–0.91× for 16–32 rows
 # of H 128 and 0.38–0.46× for one row (the content selector reading one text, H 128).
 PACK_MIN_BATCH, PACK_MIN_HIDDEN = 16, 256
+# Up to this many rows the compiled loop multiplies h_{t−1} by Uᵀ in its own loop (lstm.cpp's
+# small_matmul_add) rather than MKL's addmm, whose fixed cost per call dominates there: MEASURED.
+SMALL_ROWS = 4
+BLOCK = 64  # columns of Uᵀ per block in that loop (lstm.cpp's BLOCK: four 16-float registers)
+# Rows per input projection call in inference for few rows (``inference_chunk``): one text read
+# alone had its W x_t projected 16 steps at a time, and MKL packed W (256 × 512) at each call,
+# as long as the product itself: MEASURED.
+PROJECTION_ROWS = 128
+MAX_INFERENCE_CHUNK = PROJECTION_ROWS  # ``inference_chunk`` at one row
 
 
 def _packing_pays(batch: int, hidden: int) -> bool:

@@ -29,10 +29,18 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from gatesum.model.cells import CELLS
-from gatesum.model.fused import lstm_inference, lstm_layer, lstm_recurrence
+from gatesum.model.fused import (
+    BLOCK,
+    MAX_INFERENCE_CHUNK,
+    column_blocks,
+    lstm_inference,
+    lstm_layer,
+    lstm_recurrence,
+)
 
 State = Tensor | tuple[Tensor, Tensor]  # h_n, or (h_n, c_n) for LSTM; each (L·D, B, H)
-STRETCH_MULTIPLE = 16  # the fused loops' input projection chunk (model/fused.py ``chunk``)
+# Stretch lengths: a multiple of every input projection chunk of the fused loops (model/fused.py)
+STRETCH_MULTIPLE = MAX_INFERENCE_CHUNK
 
 
 @dataclass
@@ -166,7 +174,7 @@ class Recurrent(nn.Module):
                 cells.append(CELLS[cell](layer_input, hidden_size, **cell_options))
         self.cells = nn.ModuleList(cells)
         self.fused = cell == "lstm" and not cell_options.get("peephole", False)
-        self._stacked: dict[int, tuple[tuple, tuple[Tensor, Tensor, Tensor]]] = {}  # see _layer_weights
+        self._stacked: dict[int, tuple[tuple, tuple[Tensor, ...]]] = {}  # see _kept_weights
 
     @property
     def bidirectional(self) -> bool:
@@ -230,8 +238,8 @@ class Recurrent(nn.Module):
         from where the previous stretch left it, None at the sequence's ends. Returns per
         direction the outputs (B, T, H) in sequence order and the state after the stretch.
         Stretches whose lengths are multiples of ``STRETCH_MULTIPLE`` give a fused LSTM layer
-        exactly the outputs of one pass over the whole sequence (its input projection goes 16
-        steps at a time either way).
+        exactly the outputs of one pass over the whole sequence (its input projection goes
+        ``fused.inference_chunk`` steps at a time either way, a divisor of that multiple).
         """
         D, H = self.num_directions, self.hidden_size
         cells = self.cells[layer * D : (layer + 1) * D]
@@ -249,7 +257,9 @@ class Recurrent(nn.Module):
         x = torch.stack([source.transpose(0, 1) for source in sources])  # time major (D, T, B, I)
         h0, c0 = (torch.stack(part) for part in zip(*states, strict=True))  # (D, B, H) each
         weight_ih, weight_hh, bias = self._layer_weights(layer)
-        if (inferred := lstm_inference(x, weight_ih, weight_hh, bias, h0, c0, None)) is not None:
+        transposed, blocks = self._recurrent_transposed(layer)
+        inferred = lstm_inference(x, weight_ih, weight_hh, bias, h0, c0, None, transposed, blocks)
+        if inferred is not None:
             output, h_n, c_n = inferred  # (B, T, D·H): the loop writes direction 1 in sequence order
             outputs = list(output.split(H, -1))
         else:
@@ -273,7 +283,9 @@ class Recurrent(nn.Module):
         else:
             h0, c0 = (torch.stack(part) for part in zip(*initial[first : first + D], strict=True))
         weight_ih, weight_hh, bias = self._layer_weights(layer)
-        if (inferred := lstm_inference(x, weight_ih, weight_hh, bias, h0, c0, lengths)) is not None:
+        transposed, blocks = self._recurrent_transposed(layer)
+        inferred = lstm_inference(x, weight_ih, weight_hh, bias, h0, c0, lengths, transposed, blocks)
+        if inferred is not None:
             output, h_n, c_n = inferred  # without autograd, in our compiled loop
             return output, list(zip(h_n.unbind(0), c_n.unbind(0), strict=True))
         # Steps past a sequence's end ran on padding: its final state is the one after step length − 1.
@@ -293,12 +305,30 @@ class Recurrent(nn.Module):
         weights = [[getattr(cell, name) for cell in cells] for name in ("weight_ih", "weight_hh", "bias")]
         if torch.is_grad_enabled() and any(weight.requires_grad for group in weights for weight in group):
             return tuple(torch.stack(group) for group in weights)  # training: through autograd
+        return self._kept_weights(layer, weights)[:3]
+
+    def _recurrent_transposed(self, layer: int) -> tuple[Tensor | None, Tensor | None]:
+        """Uᵀ (D, H, 4H) and Uᵀ in column blocks (``fused.column_blocks``, None where 4H is not a
+        multiple of ``fused.BLOCK``), kept beside ``_layer_weights``' stack: what the compiled
+        inference loop multiplies h_{t−1} by. (None, None) under autograd, where it does not run."""
+        cells = self.cells[layer * self.num_directions : (layer + 1) * self.num_directions]
+        weights = [[getattr(cell, name) for cell in cells] for name in ("weight_ih", "weight_hh", "bias")]
+        if torch.is_grad_enabled() and any(weight.requires_grad for group in weights for weight in group):
+            return None, None
+        return self._kept_weights(layer, weights)[3:]
+
+    def _kept_weights(self, layer: int, weights: list[list[Tensor]]) -> tuple[Tensor | None, ...]:
+        """W, U, b stacked, Uᵀ and its column blocks, as kept for ``layer`` while no weight has
+        changed (its storage or version)."""
         key = tuple((weight.data_ptr(), weight._version, weight.device)
                     for group in weights for weight in group)  # fmt: skip
         kept = self._stacked.get(layer)
         if kept is None or kept[0] != key:
             with torch.no_grad():
-                kept = key, tuple(torch.stack(group) for group in weights)
+                stacked = tuple(torch.stack(group) for group in weights)
+                weight_hh = stacked[1]
+                blocks = column_blocks(weight_hh) if weight_hh.shape[1] % BLOCK == 0 else None
+                kept = key, (*stacked, weight_hh.transpose(1, 2).contiguous(), blocks)
             self._stacked[layer] = kept
         return kept[1]
 

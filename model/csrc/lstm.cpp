@@ -34,6 +34,7 @@
 #include <utility>
 #include <cmath>
 #include <cstdint>
+#include <cstring>
 #include <optional>
 #include <string_view>
 #include <tuple>
@@ -69,6 +70,43 @@ Tensor matmul_add(const Tensor& x, const Tensor& added, const Tensor& weight, co
   }
   Tensor out = at::addmm_out(const_cast<Tensor&>(added), added, x, weight);  // in place: no copy of `added`
   return bias ? out.add_(*bias) : out;
+}
+
+// added (B, N) += x (B, K) W^T for few rows, in place, with W^T (K, N) given in column blocks:
+// `blocks` (N / 64, K, 64) contiguous, block j holding columns [64 j, 64 j + 64). Each block of a
+// row is summed over all K in four 16-float registers (GCC's vector type: one AVX-512 register
+// each, two AVX2 ones) while the block streams through in order, and stored once. (On W^T as it
+// is, rows 4N bytes apart, H = 256 ran from L3 at one vector FMA per ~5 cycles; written as a
+// plain loop, GCC kept the sums on the stack.) MKL's addmm costs a few microseconds a call at
+// one row of 128 x 512, mostly fixed cost: see fused.py's SMALL_ROWS for the measured sizes.
+typedef float Lanes __attribute__((vector_size(64)));  // 16 floats
+constexpr int64_t BLOCK = 64;  // columns of a block: four Lanes
+
+inline Lanes load(const float* p) {
+  Lanes v;
+  std::memcpy(&v, p, sizeof v);
+  return v;
+}
+
+inline void store(float* p, Lanes v) { std::memcpy(p, &v, sizeof v); }
+
+void small_matmul_add(const Tensor& x, const Tensor& added, const Tensor& blocks) {
+  const int64_t B = x.size(0), K = x.size(1), J = blocks.size(0);
+  const float* __restrict w = blocks.data_ptr<float>();
+  for (int64_t b = 0; b < B; ++b) {
+    const float* __restrict xr = row(x, b);
+    float* __restrict ar = row(added, b);
+    for (int64_t j = 0; j < J; ++j) {
+      float* out = ar + j * BLOCK;
+      Lanes s0 = load(out), s1 = load(out + 16), s2 = load(out + 32), s3 = load(out + 48);
+      const float* wr = w + j * K * BLOCK;
+      for (int64_t k = 0; k < K; ++k, wr += BLOCK) {
+        const float xk = xr[k];
+        s0 += xk * load(wr), s1 += xk * load(wr + 16), s2 += xk * load(wr + 32), s3 += xk * load(wr + 48);
+      }
+      store(out, s0), store(out + 16, s1), store(out + 32, s2), store(out + 48, s3);
+    }
+  }
 }
 
 // W (N, K) packed for oneDNN's matmul with `batch` rows (what matmul_add's `packed` expects).
@@ -248,7 +286,9 @@ std::vector<Slice> slices_of(int64_t thread, int64_t threads, int64_t D, int64_t
 
 std::tuple<Tensor, Tensor, Tensor> lstm_inference(const Tensor& x, const Tensor& weight_ih, const Tensor& weight_hh,
                                                   const Tensor& bias, const Tensor& h0, const Tensor& c0,
-                                                  const std::optional<Tensor>& lengths, bool pack, int64_t chunk) {
+                                                  const std::optional<Tensor>& lengths, bool pack, int64_t chunk,
+                                                  const std::optional<Tensor>& weight_hh_t,
+                                                  const std::optional<Tensor>& weight_hh_blocks) {
   const int64_t D = x.size(0), T = x.size(1), B = x.size(2), I = x.size(3), G = weight_hh.size(1), H = G / 4;
   for (const auto& [tensor, name] : {std::pair{x, "x"}, {weight_ih, "weight_ih"}, {weight_hh, "weight_hh"},
                                      {bias, "bias"}, {h0, "h0"}, {c0, "c0"}}) {
@@ -259,6 +299,15 @@ std::tuple<Tensor, Tensor, Tensor> lstm_inference(const Tensor& x, const Tensor&
               "weights: (D, 4H, I), (D, 4H, H), (D, 4H)");
   TORCH_CHECK(h0.sizes() == at::IntArrayRef({D, B, H}) && c0.sizes() == h0.sizes(), "h0, c0: (D, B, H)");
   TORCH_CHECK(chunk > 0, "chunk > 0");
+  TORCH_CHECK(!weight_hh_t || (weight_hh_t->sizes() == at::IntArrayRef({D, H, G}) && weight_hh_t->is_contiguous() &&
+                               weight_hh_t->scalar_type() == at::kFloat && weight_hh_t->device().is_cpu()),
+              "weight_hh_t: contiguous (D, H, 4H) CPU float32");
+  const bool small = weight_hh_blocks.has_value();  // few rows: small_matmul_add on the blocks
+  TORCH_CHECK(!small || (weight_hh_blocks->sizes() == at::IntArrayRef({D, G / BLOCK, H, BLOCK}) && G % BLOCK == 0 &&
+                         weight_hh_blocks->is_contiguous() && weight_hh_blocks->scalar_type() == at::kFloat &&
+                         weight_hh_blocks->device().is_cpu()),
+              "weight_hh_blocks: contiguous (D, 4H / 64, H, 64) CPU float32");
+  TORCH_CHECK(!(pack && small), "pack, weight_hh_blocks: one matmul or the other");
   std::vector<int64_t> length(B, T);
   if (lengths) {
     TORCH_CHECK(lengths->dim() == 1 && lengths->size(0) == B && lengths->device().is_cpu(), "lengths: (B,) on CPU");
@@ -287,6 +336,7 @@ std::tuple<Tensor, Tensor, Tensor> lstm_inference(const Tensor& x, const Tensor&
       Slice slice;
       Tensor w, u, b, buffer;
       std::vector<Tensor> inputs;
+      bool small;  // u is U^T in column blocks, for small_matmul_add
     };
     std::vector<Work> work;
     // any failure (there should be none after the checks above) is kept and re-thrown after the
@@ -312,10 +362,21 @@ std::tuple<Tensor, Tensor, Tensor> lstm_inference(const Tensor& x, const Tensor&
                                at::arange(4, at::kLong).unsqueeze(1) * H).flatten();
           return weight[slice.d].index_select(0, rows);
         };
-        Tensor u = own(weight_hh).contiguous();
-        u = pack ? reorder_linear_weight(u, B) : u.t().contiguous();  // packed W, or U^T (H, 4 units)
+        // packed U, U^T (H, 4 units) or U^T's column blocks: the caller's when it has all H units
+        const bool blocked = small && (4 * units) % BLOCK == 0;  // else (a thread's odd slice) addmm
+        Tensor u;
+        if (blocked && units == H) {
+          u = (*weight_hh_blocks)[slice.d];
+        } else if (blocked) {
+          u = own(weight_hh).t().reshape({H, 4 * units / BLOCK, BLOCK}).transpose(0, 1).contiguous();
+        } else if (!pack && units == H && weight_hh_t) {
+          u = (*weight_hh_t)[slice.d];
+        } else {
+          u = own(weight_hh).contiguous();
+          u = pack ? reorder_linear_weight(u, B) : u.t().contiguous();
+        }
         Tensor buffer = at::empty({C, B, 4 * units}, x.options());
-        work.push_back({slice, own(weight_ih).t(), u, own(bias), buffer, buffer.unbind(0)});
+        work.push_back({slice, own(weight_ih).t(), u, own(bias), buffer, buffer.unbind(0), blocked});
       }
     });
     for (int64_t t = 0; t < T; ++t) {
@@ -331,7 +392,12 @@ std::tuple<Tensor, Tensor, Tensor> lstm_inference(const Tensor& x, const Tensor&
             if (!pack) rows.add_(item.b);  // b once per chunk; oneDNN adds it in its call instead
           }
           const std::optional<Tensor> bias = pack ? std::optional<Tensor>(item.b) : std::nullopt;  // else in W x_t
-          const Tensor a = matmul_add(h_slots[now][d], item.inputs[k], item.u, bias, pack);  // (B, 4 units)
+          Tensor a = item.inputs[k];  // (B, 4 units): W x_t + b, plus U h_{t-1} below
+          if (item.small) {
+            small_matmul_add(h_slots[now][d], a, item.u);
+          } else {
+            a = matmul_add(h_slots[now][d], a, item.u, bias, pack);
+          }
           const float* c_now = c_slots[now][d].data_ptr<float>() + begin;
           float *c_next = c_slots[next][d].data_ptr<float>() + begin, *h_next = h_slots[next][d].data_ptr<float>() + begin;
           for (int64_t b = 0; b < B; ++b) {
@@ -457,7 +523,8 @@ TORCH_LIBRARY(gatesum, m) {
   m.def("lstm_backward(Tensor weight_hh, Tensor cs, Tensor gates, Tensor tanh_cs, "
         "Tensor? grad_hs, Tensor? grad_cs, Tensor? grad_h_n, Tensor? grad_c_n, Tensor? last) -> (Tensor, Tensor, Tensor)");
   m.def("lstm_inference(Tensor x, Tensor weight_ih, Tensor weight_hh, Tensor bias, Tensor h0, Tensor c0, "
-        "Tensor? lengths, bool pack, int chunk) -> (Tensor, Tensor, Tensor)");
+        "Tensor? lengths, bool pack, int chunk, Tensor? weight_hh_t=None, Tensor? weight_hh_blocks=None) "
+        "-> (Tensor, Tensor, Tensor)");
 }
 
 TORCH_LIBRARY_IMPL(gatesum, CPU, m) {

@@ -125,14 +125,18 @@ def test_final_state_grads_enter_the_compiled_loop_at_each_rows_step(monkeypatch
 @pytest.mark.parametrize("threads", [1, 2, 3], indirect=True, ids=["1-thread", "2-threads", "3-threads"])
 @pytest.mark.parametrize("bidirectional", [False, True], ids=["uni", "bi"])
 @pytest.mark.parametrize("lengths", [None, torch.tensor([7, 3, 1, 5, 0])], ids=["full", "padded"])
-@pytest.mark.parametrize("hidden", [5, 16])  # 5: the threads' slices of hidden units are uneven
-@pytest.mark.parametrize("packed", [False, True], ids=["addmm", "onednn-packed"])
+# 5: the threads' slices of hidden units are uneven; 16 and 32: 4H a multiple of fused.BLOCK, so
+# few rows go through the column blocks (32 at 2 or 3 threads: whole and uneven slices of them)
+@pytest.mark.parametrize("hidden", [5, 16, 32])
+@pytest.mark.parametrize("matmul", ["addmm", "onednn-packed", "blocks"])
 def test_compiled_inference_equals_the_training_path(
-    monkeypatch, threads, bidirectional, lengths, hidden, packed
+    monkeypatch, threads, bidirectional, lengths, hidden, matmul
 ):
-    """Both step matmuls of the compiled loop (oneDNN's packed weight is used for large batches
-    only, ``fused._packing_pays``) give what the torch-ops loops give."""
-    monkeypatch.setattr(fused, "_packing_pays", lambda batch, hidden: packed)
+    """The three step matmuls of the compiled loop (oneDNN's packed weight for large batches,
+    ``fused._packing_pays``; our own loop over Uᵀ's column blocks for few rows,
+    ``fused.SMALL_ROWS``; MKL's addmm between) give what the torch-ops loops give."""
+    monkeypatch.setattr(fused, "_packing_pays", lambda batch, hidden: matmul == "onednn-packed")
+    monkeypatch.setattr(fused, "SMALL_ROWS", 8 if matmul == "blocks" else 0)
     torch.manual_seed(hidden)
     layer = Recurrent("lstm", 4, hidden, num_layers=2, bidirectional=bidirectional)
     D = 2 if bidirectional else 1
@@ -164,6 +168,9 @@ def test_bad_shapes_are_refused_with_a_message():
         kernels.lstm_ops().lstm_inference(x, weight_ih, weight_hh, bias, h0[:, :1], c0, None, False, 4)
     with pytest.raises(RuntimeError, match="lengths"):
         kernels.lstm_ops().lstm_inference(x, weight_ih, weight_hh, bias, h0, c0, torch.ones(3), False, 4)
+    with pytest.raises(RuntimeError, match="weight_hh_blocks"):
+        blocks = weight_hh  # (D, 4H, H): not (D, 4H / 64, H, 64)
+        kernels.lstm_ops().lstm_inference(x, weight_ih, weight_hh, bias, h0, c0, None, False, 4, None, blocks)
 
 
 @pytest.mark.parametrize("kernels_setting", ["auto", "off"])
