@@ -15,11 +15,43 @@ starts at 0, so switching coverage on late in training starts from the model as 
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 from torch import Tensor, nn
 
 KINDS = ("mlp", "general", "dot", "none")
 ADDITIVE_CHUNK_ELEMENTS = 1 << 20  # of the (B, t, S, A) tensor: ~4 MB, about one core's L2 cache
+
+
+@dataclass(frozen=True)
+class RowGrid:
+    """Where decoding rows sit when several share one source (the K beams of an example): the
+    memory and keys are then held once per example, (E, S, ·), not once per row, and a step's
+    attention reads each example's memory once for all its rows: one (G, Q)·(Q, S) product per
+    example instead of G (1, Q)·(Q, S) ones, which read the same memory G times (at 15 examples ×
+    4 beams × 400 positions, 26 MB of memory and as much of keys per step, from RAM instead of
+    cache).
+
+    Row r sits at ``index[r]`` of an (E, G) grid, G = ``width``, so it reads example
+    ``index[r] // G``; ``index`` None: the rows are the grid itself, in order (R = E·G, as
+    ``Summarizer.generate`` lays out its beams). Grid places without a row compute on zeros.
+    """
+
+    index: Tensor | None  # (R,) long
+    width: int  # G
+
+    def spread(self, rows: Tensor, examples: int) -> Tensor:
+        """(R, X) -> (E, G, X), zeros where no row sits."""
+        if self.index is None:
+            return rows.view(examples, self.width, -1)
+        grid = rows.new_zeros(examples * self.width, rows.shape[-1])
+        return grid.index_copy_(0, self.index, rows).view(examples, self.width, -1)
+
+    def collect(self, grid: Tensor) -> Tensor:
+        """(E, G, X) -> (R, X): each row's entry."""
+        flat = grid.reshape(-1, grid.shape[-1])
+        return flat if self.index is None else flat.index_select(0, self.index)
 
 
 def masked_softmax(scores: Tensor, mask: Tensor) -> Tensor:
@@ -75,15 +107,25 @@ class Attention(nn.Module):
         return memory if self.kind == "dot" else self.memory_projection(memory)
 
     def forward(
-        self, query: Tensor, keys: Tensor, memory: Tensor, mask: Tensor, coverage: Tensor | None = None
+        self,
+        query: Tensor,
+        keys: Tensor,
+        memory: Tensor,
+        mask: Tensor,
+        coverage: Tensor | None = None,
+        grid: RowGrid | None = None,
     ) -> tuple[Tensor, Tensor]:
         """One query per row, or T of them at once.
 
         query (B, Q), keys (B, S, A) or None (general/dot: see the class docs), memory (B, S, M),
         mask (B, S), coverage (B, S) or None -> weights (B, S), context (B, M). With query
         (B, T, Q) and coverage (B, T, S): weights (B, T, S), context (B, T, M), each position t
-        scored on its own (teacher forcing).
+        scored on its own (teacher forcing). With ``grid`` (one query per row only): keys and
+        memory are per example, (E, S, ·), and the rows (R) sit in the grid; mask and coverage
+        stay per row, (R, S).
         """
+        if grid is not None:
+            return self._shared(query, keys, memory, mask, coverage, grid)
         single = query.dim() == 2
         if single:
             query = query.unsqueeze(1)  # (B, 1, Q)
@@ -101,6 +143,27 @@ class Attention(nn.Module):
         context = torch.bmm(weights, memory)  # (B, T, M)
         if single:
             return weights.squeeze(1), context.squeeze(1)
+        return weights, context
+
+    def _shared(
+        self, query: Tensor, keys: Tensor, memory: Tensor, mask: Tensor, coverage: Tensor | None,
+        grid: RowGrid,
+    ) -> tuple[Tensor, Tensor]:  # fmt: skip
+        """``forward`` for rows sharing their example's keys (E, S, A) and memory (E, S, M): query
+        (R, Q), mask (R, S), coverage (R, S) or None -> weights (R, S), context (R, M). The same
+        numbers as ``forward`` on keys and memory repeated per row."""
+        E = memory.shape[0]
+        if self.kind == "mlp":
+            doubled = grid.spread(2 * self.query_projection(query), E)  # (E, G, A)
+            spread = grid.spread(coverage, E) if coverage is not None and self.w_c is not None else None
+            scores = grid.collect(self._additive_scores(doubled, keys, spread))  # (R, S)
+        else:
+            projected, keys = self._bilinear_operands(query.unsqueeze(1), keys, memory)
+            scores = grid.collect(torch.bmm(grid.spread(projected.squeeze(1), E), keys.transpose(1, 2)))
+            if coverage is not None and self.w_c is not None:
+                scores = scores + coverage * self.w_c
+        weights = masked_softmax(scores, mask).to(memory.dtype)  # (R, S)
+        context = grid.collect(torch.bmm(grid.spread(weights, E), memory))  # (R, M)
         return weights, context
 
     def with_running_coverage(

@@ -39,7 +39,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from gatesum.model.attention import Attention
+from gatesum.model.attention import Attention, RowGrid
 from gatesum.model.cells import CELLS
 from gatesum.model.config import ModelConfig
 from gatesum.model.encoder import EncoderOutput
@@ -137,7 +137,7 @@ class Decoder(nn.Module):
     ) -> DecoderState:
         """The state before the first step. ``track_coverage=False`` skips the coverage input,
         which is exact while its weight w_c is still 0 (see ``coverage_in_use``)."""
-        B = encoded.outputs.shape[0]
+        B = encoded.mask.shape[0]  # rows (the memory may be per example: see ``step``)
         H = self.config.decoder_hidden_size
         attentional = encoded.outputs.new_zeros(B, H) if self.feeds_input else None
         coverage = None
@@ -156,9 +156,16 @@ class Decoder(nn.Module):
         return self.attention.keys(encoded.outputs) if self.uses_attention else None
 
     def step(
-        self, previous_token: Tensor, state: DecoderState, encoded: EncoderOutput, keys: Tensor | None
+        self,
+        previous_token: Tensor,
+        state: DecoderState,
+        encoded: EncoderOutput,
+        keys: Tensor | None,
+        grid: RowGrid | None = None,
     ) -> tuple[DecoderOutput, DecoderState]:
-        """previous_token (B,) -> (this step's outputs, the next state)."""
+        """previous_token (B,) -> (this step's outputs, the next state). With ``grid``, rows share
+        their example's memory: ``encoded.outputs`` and ``keys`` are (E, S, ·), one per example,
+        while its mask and source are per row, (B, S), as the state is."""
         embedded = self.dropout(self.embedding(previous_token))  # (B, E)
         layer_input = embedded if state.attentional is None else torch.cat([embedded, state.attentional], -1)
         new_layers = []
@@ -171,7 +178,7 @@ class Decoder(nn.Module):
         top = layer_input  # s_t (B, H)
         if not self.uses_attention:
             return DecoderOutput(top, None, None, None), DecoderState(new_layers, None, None)
-        weights, context = self.attention(top, keys, encoded.outputs, encoded.mask, state.coverage)
+        weights, context = self.attention(top, keys, encoded.outputs, encoded.mask, state.coverage, grid)
         attentional, copy_gate = self._read_out(top, context, embedded)
         coverage = state.coverage + weights if state.coverage is not None else None
         output = DecoderOutput(attentional, weights, copy_gate, state.coverage)

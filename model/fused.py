@@ -175,13 +175,17 @@ def _transposed(weights: Tensor) -> list[Tensor]:
 # 1.04–1.12× as fast for 16–32 rows of H 256 over 100–400 steps, but 0.85–0.91× for 16–32 rows
 # of H 128 and 0.38–0.46× for one row (the content selector reading one text, H 128).
 PACK_MIN_BATCH, PACK_MIN_HIDDEN = 16, 256
-# Up to this many rows the compiled loop multiplies h_{t−1} by Uᵀ in its own loop (lstm.cpp's
-# small_matmul_add) rather than MKL's addmm, whose fixed cost per call dominates there: MEASURED.
-SMALL_ROWS = 4
+# Up to this many rows the compiled loop multiplies h_{t−1} by Uᵀ in its own loop over Uᵀ's
+# column blocks (lstm.cpp's small_matmul_add) rather than by MKL's addmm, whose fixed cost per
+# call dominates there. Whole bidirectional layers of 118 steps, one thread, time with the blocks
+# over time with addmm (both on a Uᵀ kept between calls): H 128 0.81 / 0.91 / 1.11 at 1 / 2 / 3
+# rows (input 128), 0.86 / 0.93 / 1.09 (input 256); H 256 0.87 / 0.74 / 1.08.
+SMALL_ROWS = 2
 BLOCK = 64  # columns of Uᵀ per block in that loop (lstm.cpp's BLOCK: four 16-float registers)
 # Rows per input projection call in inference for few rows (``inference_chunk``): one text read
-# alone had its W x_t projected 16 steps at a time, and MKL packed W (256 × 512) at each call,
-# as long as the product itself: MEASURED.
+# alone had its W x_t projected 16 steps at a time, and MKL packed W at each call, which took as
+# long as the product itself. A bidirectional layer of 118 steps, one row, H 128, input 256:
+# 1.90 ms projecting 16 steps a call, 1.39 ms at 128 (input 128: 1.30 and 1.18 ms).
 PROJECTION_ROWS = 128
 MAX_INFERENCE_CHUNK = PROJECTION_ROWS  # ``inference_chunk`` at one row
 

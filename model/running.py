@@ -12,11 +12,13 @@ waits for another's last token:
 
 A retired or cancelled example frees its rows at once: the last rows of the tables move into
 the holes, so the live rows stay a prefix [0, R) and a step computes nothing for dead ones.
-Per row, the tables hold the encoder memory the attention reads (R, S, M), its keys (R, S, A),
-the source ids and their mask (R, S): S is the longest source in the batch, rounded up to
-``WIDTH_STEP`` so that the tables are rebuilt only when that bucket changes. Padding positions
-get attention weight exactly 0, so every example decodes to the tokens ``Summarizer.generate``
-gives it alone (tests/model/test_search.py holds them equal).
+Per example, the tables hold the encoder memory the attention reads (E, S, M) and its keys
+(E, S, A), read once per step for all the example's rows (``RowGrid``); per row, the source
+ids and their mask (R, S), and where the row sits in the grid (its example and beam). Example
+slots are freed the same way, the last ones moving into the holes. S is the longest source in
+the batch, rounded up to ``WIDTH_STEP`` so that the tables are rebuilt only when that bucket
+changes. Padding positions get attention weight exactly 0, so every example decodes to the
+tokens ``Summarizer.generate`` gives it alone (tests/model/test_search.py holds them equal).
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ from dataclasses import dataclass, field, replace
 import torch
 from torch import Tensor
 
+from gatesum.model.attention import RowGrid
 from gatesum.model.copy_mask import copy_masked
 from gatesum.model.decoder import DecoderState
 from gatesum.model.encoder import EncoderOutput
@@ -60,12 +63,15 @@ class RunningBatch:
         self.device = next(model.parameters()).device
         self.track_coverage = model.decoder.coverage_in_use()
         self.groups: dict[tuple[GenerationConfig, bool], _Group] = {}
-        self.rows = 0  # live rows: the prefix [0, rows) of every table
-        self.memory: Tensor | None = None  # (capacity, S, M) encoder outputs
-        self.keys: Tensor | None = None  # (capacity, S, A) attention keys
+        self.rows = 0  # live rows: the prefix [0, rows) of every row table
+        self.examples_held = 0  # live example slots: the prefix [0, examples_held) of memory and keys
+        self.memory: Tensor | None = None  # (example capacity, S, M) encoder outputs
+        self.keys: Tensor | None = None  # (example capacity, S, A) attention keys
         self.source: Tensor | None = None  # (capacity, S) source ids, PAD beyond each length
         self.mask: Tensor | None = None  # (capacity, S) True at real tokens
         self.lengths = torch.zeros(0, dtype=torch.long, device=self.device)  # (capacity,)
+        self.example_of = torch.zeros(0, dtype=torch.long, device=self.device)  # (capacity,) its slot
+        self.beam_of = torch.zeros(0, dtype=torch.long, device=self.device)  # (capacity,) 0..K−1
         self.state: DecoderState | None = None  # (R, ...)
 
     @property
@@ -96,12 +102,13 @@ class RunningBatch:
         if copy_sources is not None:
             masked = [[*row, *[pad] * (width - len(row))] for row in copy_sources]
             encoded = replace(encoded, source=torch.tensor(masked, device=self.device))  # (B, S)
-        if K > 1:
-            encoded = encoded.index_select(
-                torch.arange(len(sources), device=self.device).repeat_interleave(K)
-            )
-        state = model.decoder.initial_state(encoded, model.bridge(encoded), self.track_coverage)
-        slots = self._append(encoded, model.decoder.keys(encoded), state)
+        keys, layers = model.decoder.keys(encoded), model.bridge(encoded)  # per example
+        rows = torch.arange(len(sources), device=self.device).repeat_interleave(K)  # (B·K,) their example
+        per_row = replace(encoded, mask=encoded.mask.index_select(0, rows),
+                          source=encoded.source.index_select(0, rows))  # fmt: skip
+        layers = DecoderState(layers, None, None).index_select(rows).layers
+        state = model.decoder.initial_state(per_row, layers, self.track_coverage)
+        slots = self._append(encoded, keys, per_row, rows, K, state)
         key = (replace(generation, source_lengths=None), explain)
         if key not in self.groups:
             config = model.config
@@ -122,8 +129,9 @@ class RunningBatch:
         last = torch.empty(R, dtype=torch.long, device=self.device)
         for group in self.groups.values():
             last[group.slots] = group.search.last
-        encoded = EncoderOutput(self.memory[:R], self.mask[:R], self.source[:R], None, None)
-        output, state = decoder.step(last, self.state, encoded, self.keys[:R])
+        E = self.examples_held
+        encoded = EncoderOutput(self.memory[:E], self.mask[:R], self.source[:R], None, None)
+        output, state = decoder.step(last, self.state, encoded, self.keys[:E], self._grid())
         copied = output
         if any(key[0].copy_mask_threshold > 0 for key in self.groups):  # rows without a mask: unchanged
             copied = copy_masked(output, encoded, self.model.config.pad_id)
@@ -174,18 +182,17 @@ class RunningBatch:
         return dead
 
     def _free(self, dead: list[Tensor]) -> None:
-        """Move the last live rows into the holes that ``dead`` rows leave."""
+        """Move the last live rows into the holes that ``dead`` rows leave, and the last live
+        example slots into the holes their examples leave (an example's rows all go at once)."""
         if not dead:
             return
         self.groups = {key: group for key, group in self.groups.items() if group.search.examples}
         dead_rows = torch.cat(dead)
-        R = self.rows
-        kept = R - len(dead_rows)
-        is_dead = torch.zeros(R, dtype=torch.bool, device=self.device)
-        is_dead[dead_rows] = True
-        holes = is_dead[:kept].nonzero().flatten()
-        movers = (~is_dead[kept:]).nonzero().flatten() + kept  # as many as holes
-        for table in (self.memory, self.keys, self.source, self.mask, self.lengths):
+        dead_examples = self.example_of[dead_rows].unique()
+        R, E = self.rows, self.examples_held
+        kept, kept_examples = R - len(dead_rows), E - len(dead_examples)
+        holes, movers = _holes_and_movers(dead_rows, R, kept)
+        for table in (self.source, self.mask, self.lengths, self.example_of, self.beam_of):
             table.index_copy_(0, holes, table.index_select(0, movers))
         order = torch.arange(kept, device=self.device)
         order[holes] = movers
@@ -194,56 +201,82 @@ class RunningBatch:
         moved[movers] = holes
         for group in self.groups.values():
             group.slots = moved[group.slots]
-        self.rows = kept
-        self._reserve(kept, int(self.lengths[:kept].max()) if kept else 0)
+        holes, movers = _holes_and_movers(dead_examples, E, kept_examples)
+        for table in (self.memory, self.keys):
+            table.index_copy_(0, holes, table.index_select(0, movers))
+        renamed = torch.arange(E, device=self.device)
+        renamed[movers] = holes
+        self.example_of[:kept] = renamed[self.example_of[:kept]]
+        self.rows, self.examples_held = kept, kept_examples
+        self._reserve(kept, kept_examples, int(self.lengths[:kept].max()) if kept else 0)
 
-    def _append(self, encoded: EncoderOutput, keys: Tensor, state: DecoderState) -> Tensor:
-        """Write new rows after the live ones; returns their table rows."""
-        B, S = encoded.source.shape
+    def _grid(self) -> RowGrid:
+        """Where each live row sits among the live examples' memory: at (its example, its beam)
+        of an (E, G) grid, G the largest beam in the batch."""
+        width = max(key[0].beam_size for key in self.groups)
         R = self.rows
-        self._reserve(R + B, max(S, int(self.lengths[:R].max()) if R else 0))
-        pad = self.model.config.pad_id
-        new = slice(R, R + B)
-        columns = (
-            (self.memory, encoded.outputs, 0.0),
-            (self.keys, keys, 0.0),
-            (self.source, encoded.source, pad),
-            (self.mask, encoded.mask, False),
-        )
-        for table, values, fill in columns:
-            table[new, S:] = fill  # a freed row may hold an old example's values
-            table[new, :S] = values
-        self.lengths[new] = encoded.mask.sum(1)
-        if state.coverage is not None:
-            state = replace(state, coverage=fit_width(state.coverage, self.memory.shape[1]))
-        self.state = state if self.state is None or R == 0 else _concatenate(self.state, state)
-        self.rows = R + B
-        return torch.arange(R, R + B, device=self.device)
+        return RowGrid(self.example_of[:R] * width + self.beam_of[:R], width)
 
-    def _reserve(self, rows: int, longest: int) -> None:
-        """Rebuild the tables to hold ``rows`` rows (doubling, so that joining rarely copies) and
-        sources of ``longest`` tokens (narrowing too, when that saves a quarter of the width)."""
+    def _append(self, encoded: EncoderOutput, keys: Tensor, per_row: EncoderOutput, rows: Tensor, beams: int,
+                state: DecoderState) -> Tensor:  # fmt: skip
+        """Write new examples after the live ones: their memory and keys (B, S, ·) once each,
+        and their rows' source and mask (``per_row``, (N, S)), row n of example ``rows[n]`` and
+        beam n mod ``beams``. Returns the rows' table rows."""
+        B, S = encoded.source.shape
+        N = per_row.source.shape[0]
+        R, E = self.rows, self.examples_held
+        self._reserve(R + N, E + B, max(S, int(self.lengths[:R].max()) if R else 0))
+        pad = self.model.config.pad_id
+        new_rows, new_examples = slice(R, R + N), slice(E, E + B)
+        columns = (
+            (self.memory, encoded.outputs, 0.0, new_examples),
+            (self.keys, keys, 0.0, new_examples),
+            (self.source, per_row.source, pad, new_rows),
+            (self.mask, per_row.mask, False, new_rows),
+        )
+        for table, values, fill, new in columns:
+            table[new, S:] = fill  # a freed slot may hold an old example's values
+            table[new, :S] = values
+        self.lengths[new_rows] = per_row.mask.sum(1)
+        self.example_of[new_rows] = rows + E
+        self.beam_of[new_rows] = torch.arange(beams, device=self.device).repeat(B)
+        if state.coverage is not None:
+            state = replace(state, coverage=fit_width(state.coverage, self.source.shape[1]))
+        self.state = state if self.state is None or R == 0 else _concatenate(self.state, state)
+        self.rows, self.examples_held = R + N, E + B
+        return torch.arange(R, R + N, device=self.device)
+
+    def _reserve(self, rows: int, examples: int, longest: int) -> None:
+        """Rebuild the tables to hold ``rows`` rows and ``examples`` examples (doubling, so that
+        joining rarely copies) and sources of ``longest`` tokens (narrowing too, when that saves
+        a quarter of the width)."""
         width = -(-max(longest, 1) // WIDTH_STEP) * WIDTH_STEP
-        capacity, current = self.memory.shape[:2] if self.memory is not None else (0, 0)
-        if capacity >= rows and current >= width and not width <= current * 3 // 4:
+        capacity, current = self.source.shape if self.source is not None else (0, 0)
+        example_capacity = self.memory.shape[0] if self.memory is not None else 0
+        if (capacity >= rows and example_capacity >= examples and current >= width
+                and not width <= current * 3 // 4):  # fmt: skip
             return
         capacity = capacity if capacity >= rows else max(rows, 2 * capacity)
-        R, model = self.rows, self.model
+        if example_capacity < examples:
+            example_capacity = max(examples, 2 * example_capacity)
+        R, E, model = self.rows, self.examples_held, self.model
         dtype = next(model.parameters()).dtype
-        old = (self.memory, self.keys, self.source, self.mask, self.lengths)
+        old = (self.memory, self.keys, self.source, self.mask)
         self.memory = torch.zeros(
-            capacity, width, model.config.encoder_output_size, dtype=dtype, device=self.device
+            example_capacity, width, model.config.encoder_output_size, dtype=dtype, device=self.device
         )
-        self.keys = torch.zeros(capacity, width, self._keys_size(), dtype=dtype, device=self.device)
+        self.keys = torch.zeros(example_capacity, width, self._keys_size(), dtype=dtype, device=self.device)
         self.source = torch.full((capacity, width), model.config.pad_id, dtype=torch.long, device=self.device)
         self.mask = torch.zeros(capacity, width, dtype=torch.bool, device=self.device)
-        self.lengths = torch.zeros(capacity, dtype=torch.long, device=self.device)
-        self.lengths[:R] = old[4][:R]
-        if old[0] is not None and R:
+        for name in ("lengths", "example_of", "beam_of"):
+            table = torch.zeros(capacity, dtype=torch.long, device=self.device)
+            table[:R] = getattr(self, name)[:R]
+            setattr(self, name, table)
+        if old[0] is not None:
             keep = min(width, current)
             tables = (self.memory, self.keys, self.source, self.mask)
-            for table, previous in zip(tables, old[:4], strict=True):
-                table[:R, :keep] = previous[:R, :keep]
+            for table, previous, live in zip(tables, old, (E, E, R, R), strict=True):
+                table[:live, :keep] = previous[:live, :keep]
         if self.state is not None and self.state.coverage is not None:
             self.state = replace(self.state, coverage=fit_width(self.state.coverage, width))
 
@@ -270,3 +303,11 @@ def _concatenate(first: DecoderState, second: DecoderState) -> DecoderState:
         attentional=join(first.attentional, second.attentional),
         coverage=join(first.coverage, second.coverage),
     )
+
+
+def _holes_and_movers(dead: Tensor, live: int, kept: int) -> tuple[Tensor, Tensor]:
+    """Of ``live`` slots, ``dead`` ones leave and ``kept`` stay: the dead slots below ``kept``
+    (the holes) and the live ones at or above it (the movers, as many), each ascending."""
+    is_dead = torch.zeros(live, dtype=torch.bool, device=dead.device)
+    is_dead[dead] = True
+    return is_dead[:kept].nonzero().flatten(), (~is_dead[kept:]).nonzero().flatten() + kept

@@ -17,6 +17,7 @@ from dataclasses import dataclass, replace
 import torch
 from torch import Tensor, nn
 
+from gatesum.model.attention import RowGrid
 from gatesum.model.config import ModelConfig
 from gatesum.model.copy_mask import copy_masked
 from gatesum.model.decoder import PROBABILITY_FLOOR, Decoder, DecoderState
@@ -115,13 +116,17 @@ class Summarizer(nn.Module):
         if masked:
             encoded = replace(encoded, source=copy_source)  # only the copy term reads it
         B, K = source.shape[0], config.beam_size
-        if K > 1:
-            encoded = encoded.index_select(torch.arange(B, device=source.device).repeat_interleave(K))
-        state = self.decoder.initial_state(encoded, self.bridge(encoded), self.decoder.coverage_in_use())
-        keys = self.decoder.keys(encoded)
+        keys = self.decoder.keys(encoded)  # (B, S, A): once per example, as the memory
+        layers, grid = self.bridge(encoded), None
+        if K > 1:  # K rows per example, each example's memory shared by its rows (``RowGrid``)
+            rows = torch.arange(B, device=source.device).repeat_interleave(K)
+            encoded = replace(encoded, mask=encoded.mask.index_select(0, rows),
+                              source=encoded.source.index_select(0, rows))  # fmt: skip
+            layers, grid = DecoderState(layers, None, None).index_select(rows).layers, RowGrid(None, K)
+        state = self.decoder.initial_state(encoded, layers, self.decoder.coverage_in_use())
 
         def step(tokens: Tensor, state: DecoderState):
-            output, state = self.decoder.step(tokens, state, encoded, keys)
+            output, state = self.decoder.step(tokens, state, encoded, keys, grid)
             copied = copy_masked(output, encoded, self.config.pad_id) if masked else output
             return self.decoder.log_probs(copied, encoded.source), output.attention, state
 

@@ -75,10 +75,11 @@ Tensor matmul_add(const Tensor& x, const Tensor& added, const Tensor& weight, co
 // added (B, N) += x (B, K) W^T for few rows, in place, with W^T (K, N) given in column blocks:
 // `blocks` (N / 64, K, 64) contiguous, block j holding columns [64 j, 64 j + 64). Each block of a
 // row is summed over all K in four 16-float registers (GCC's vector type: one AVX-512 register
-// each, two AVX2 ones) while the block streams through in order, and stored once. (On W^T as it
-// is, rows 4N bytes apart, H = 256 ran from L3 at one vector FMA per ~5 cycles; written as a
-// plain loop, GCC kept the sums on the stack.) MKL's addmm costs a few microseconds a call at
-// one row of 128 x 512, mostly fixed cost: see fused.py's SMALL_ROWS for the measured sizes.
+// each, two AVX2 ones) while the block streams through in order, and stored once; rows go two
+// at a time, so that each vector of W loaded serves both. (On W^T as it is, rows 4N bytes
+// apart, H = 256 ran from L3 at one vector FMA per ~5 cycles; written as a plain loop, GCC kept
+// the sums on the stack.) MKL's addmm costs a few microseconds a call at one row of 128 x 512,
+// mostly fixed cost: see fused.py's SMALL_ROWS for the measured sizes.
 typedef float Lanes __attribute__((vector_size(64)));  // 16 floats
 constexpr int64_t BLOCK = 64;  // columns of a block: four Lanes
 
@@ -90,21 +91,39 @@ inline Lanes load(const float* p) {
 
 inline void store(float* p, Lanes v) { std::memcpy(p, &v, sizeof v); }
 
+// One block for rows b0 and, when `pair`, b0 + 1: both rows' sums take each loaded vector of W.
+inline void block_rows(const float* __restrict w, const float* __restrict x0, const float* __restrict x1,
+                       float* out0, float* out1, int64_t K, bool pair) {
+  Lanes s0 = load(out0), s1 = load(out0 + 16), s2 = load(out0 + 32), s3 = load(out0 + 48);
+  if (!pair) {
+    for (int64_t k = 0; k < K; ++k, w += BLOCK) {
+      const float a = x0[k];
+      s0 += a * load(w), s1 += a * load(w + 16), s2 += a * load(w + 32), s3 += a * load(w + 48);
+    }
+  } else {
+    Lanes t0 = load(out1), t1 = load(out1 + 16), t2 = load(out1 + 32), t3 = load(out1 + 48);
+    for (int64_t k = 0; k < K; ++k, w += BLOCK) {
+      const float a = x0[k], c = x1[k];
+      const Lanes w0 = load(w), w1 = load(w + 16), w2 = load(w + 32), w3 = load(w + 48);
+      s0 += a * w0, s1 += a * w1, s2 += a * w2, s3 += a * w3;
+      t0 += c * w0, t1 += c * w1, t2 += c * w2, t3 += c * w3;
+    }
+    store(out1, t0), store(out1 + 16, t1), store(out1 + 32, t2), store(out1 + 48, t3);
+  }
+  store(out0, s0), store(out0 + 16, s1), store(out0 + 32, s2), store(out0 + 48, s3);
+}
+
 void small_matmul_add(const Tensor& x, const Tensor& added, const Tensor& blocks) {
   const int64_t B = x.size(0), K = x.size(1), J = blocks.size(0);
-  const float* __restrict w = blocks.data_ptr<float>();
-  for (int64_t b = 0; b < B; ++b) {
-    const float* __restrict xr = row(x, b);
-    float* __restrict ar = row(added, b);
+  const float* w = blocks.data_ptr<float>();
+  for (int64_t b = 0; b < B; b += 2) {  // two rows per pass over W
+    const bool pair = b + 1 < B;
+    const float* x0 = row(x, b);
+    const float* x1 = pair ? row(x, b + 1) : x0;
+    float* a0 = row(added, b);
+    float* a1 = pair ? row(added, b + 1) : a0;
     for (int64_t j = 0; j < J; ++j) {
-      float* out = ar + j * BLOCK;
-      Lanes s0 = load(out), s1 = load(out + 16), s2 = load(out + 32), s3 = load(out + 48);
-      const float* wr = w + j * K * BLOCK;
-      for (int64_t k = 0; k < K; ++k, wr += BLOCK) {
-        const float xk = xr[k];
-        s0 += xk * load(wr), s1 += xk * load(wr + 16), s2 += xk * load(wr + 32), s3 += xk * load(wr + 48);
-      }
-      store(out, s0), store(out + 16, s1), store(out + 32, s2), store(out + 48, s3);
+      block_rows(w + j * K * BLOCK, x0, x1, a0 + j * BLOCK, a1 + j * BLOCK, K, pair);
     }
   }
 }

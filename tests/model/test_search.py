@@ -299,10 +299,25 @@ def run_joining(bundle, texts, configs, explain=False, cancel=None):
     return decoded
 
 
-def test_continuous_batching_gives_the_summaries_of_summarize_texts(tiny_bundle):
+def with_attention(bundle, kind: str):
+    """The bundle with a fresh summarizer of this attention kind, coverage feeding the scores:
+    the shipped model's layout (general attention, no input feeding) or the tiny one's (mlp)."""
+    if kind == "mlp":
+        return bundle
+    torch.manual_seed(1)
+    config = replace(bundle.model.config, attention=kind, input_feeding=False, coverage=True)
+    model = Summarizer(config).eval()
+    with torch.no_grad():
+        model.decoder.attention.w_c.fill_(0.5)
+    return replace(bundle, model=model)
+
+
+@pytest.mark.parametrize("kind", ["mlp", "general"])
+def test_continuous_batching_gives_the_summaries_of_summarize_texts(tiny_bundle, kind):
     """Texts joining a running batch at different steps, beside other settings, decode to the
-    same tokens as summarize_texts gives them (greedy, beam, β, n-gram blocking, explain)."""
-    bundle = load_bundle(tiny_bundle)
+    same tokens as summarize_texts gives them (greedy, beam, β, n-gram blocking, explain): rows
+    of beams 1, 4 and 3 share their examples' memory in one grid, slots freed and reused."""
+    bundle = with_attention(load_bundle(tiny_bundle), kind)
     texts = [" ".join(["City team won the match."] * n) + f" Story {n}." for n in (1, 6, 2, 12, 3, 30)]
     settings = [
         GenerationConfig(min_length=0, beam_size=1, max_length=12, no_repeat_ngram_size=2),
@@ -320,8 +335,9 @@ def test_continuous_batching_gives_the_summaries_of_summarize_texts(tiny_bundle)
                 torch.testing.assert_close(decoded[i].attention[:, :length], want.attention)
 
 
-def test_a_cancelled_example_leaves_the_others_untouched(tiny_bundle):
-    bundle = load_bundle(tiny_bundle)
+@pytest.mark.parametrize("kind", ["mlp", "general"])
+def test_a_cancelled_example_leaves_the_others_untouched(tiny_bundle, kind):
+    bundle = with_attention(load_bundle(tiny_bundle), kind)
     texts = [" ".join(["Police said the storm hit the coast."] * n) for n in (3, 5, 2, 8)]
     configs = [GenerationConfig(min_length=0, beam_size=2, max_length=10)] * len(texts)
     decoded = run_joining(bundle, texts, configs, cancel=1)
