@@ -8,7 +8,14 @@ figures the issue #16 audit measured before continuous batching. Several ``--mod
 side by side (each phase runs every model before the next phase), and each one's throughput is
 also given relative to the first's: a new bundle against the one it replaces.
 
-    gatesum bench serve --model OLD_BUNDLE --model pretrained/cnndm-lstm-small
+    gatesum bench serve --model OLD_BUNDLE --model pretrained/cnndm-lstm-small --rounds 5
+
+On a shared or drifting machine one burst per model is noisy (on the 2-core development machine
+one bundle's batched throughput moved by a fifth between runs minutes apart). With
+``--rounds R`` every model's server of a phase is started at once and they take turns, R bursts
+of N requests each, the order reversed every round, so that a slow minute hits them alike; a
+model's figures are those of its median round, and its ratio to the first model is the median
+of the rounds' ratios (an odd R gives one middle round).
 
 ``--mode mixed`` starts one server and, for ``--duration`` seconds, mixes C clients sending
 short requests one after another (0.5 s apart after a refusal) with maximal legal requests (32
@@ -22,6 +29,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import re
@@ -58,6 +66,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="throughput: batching on against off; mixed: short requests beside maximal, "
                         "large and abandoned ones")  # fmt: skip
     parser.add_argument("--requests", type=int, default=200, help="requests per run (N; throughput)")
+    parser.add_argument(
+        "--rounds", type=int, default=1, help="bursts of N requests per model and phase, taking turns"
+    )
     parser.add_argument("--concurrency", type=int, default=16, help="requests in flight at once (C)")
     parser.add_argument("--model", type=Path, action="append", dest="models", metavar="DIR",
                         help="model bundle (repeat to compare; the first is the reference; "
@@ -106,18 +117,37 @@ def _throughput(args: argparse.Namespace) -> dict:
     """One run of each model per phase: {"models": [per model: model, batching on/off, ratio,
     relative_to_first], "before"}; with one model its figures are also at the top level."""
     runs = [{"model": str(model)} for model in args.models]
+    relative: dict[str, list[float]] = {}  # per phase: each model's median ratio to the first
     for name, batch_size in (("batching on", args.max_batch_size), ("batching off", 1)):
-        for record, model in zip(runs, args.models):
-            with _server(args, batch_size, model, one_client_may_fill=True) as server:
-                record[name] = asyncio.run(_load(server.url, args))
-            _print(name if len(runs) == 1 else f"{name}, {model.name}", record[name])
+        if args.rounds <= 1:
+            for record, model in zip(runs, args.models):
+                with _server(args, batch_size, model, one_client_may_fill=True) as server:
+                    record[name] = asyncio.run(_load(server.url, args))
+                _print(name if len(runs) == 1 else f"{name}, {model.name}", record[name])
+            relative[name] = [record[name]["throughput"] / runs[0][name]["throughput"] for record in runs]
+            continue
+        with contextlib.ExitStack() as stack:
+            servers = [stack.enter_context(_server(args, batch_size, model, one_client_may_fill=True))
+                       for model in args.models]  # fmt: skip
+            rounds: list[list[dict]] = [[] for _ in runs]
+            for turn in range(args.rounds):
+                order = range(len(runs)) if turn % 2 == 0 else reversed(range(len(runs)))
+                for index in order:
+                    rounds[index].append(asyncio.run(_load(servers[index].url, args)))
+        ratios = [[mine["throughput"] / first["throughput"]
+                   for mine, first in zip(results, rounds[0], strict=True)]
+                  for results in rounds]  # fmt: skip
+        relative[name] = [statistics.median(each) for each in ratios]
+        for record, model, results, each in zip(runs, args.models, rounds, ratios, strict=True):
+            by_speed = sorted(results, key=lambda result: result["throughput"])
+            throughputs = [result["throughput"] for result in results]
+            median = by_speed[len(by_speed) // 2]
+            record[name] = {**median, "rounds": throughputs, "ratio_to_first_by_round": each}
+            _print(f"{name}, {model.name}, median of {args.rounds} rounds", record[name])
     reference = runs[0]
-    for record in runs:
+    for index, record in enumerate(runs):
         record["ratio"] = record["batching on"]["throughput"] / record["batching off"]["throughput"]
-        record["relative_to_first"] = {
-            name: record[name]["throughput"] / reference[name]["throughput"]
-            for name in ("batching on", "batching off")
-        }
+        record["relative_to_first"] = {name: relative[name][index] for name in relative}
         p95 = record["batching on"]["p95_ms"]
         print(f"{record['model']}: throughput ratio, on / off: {record['ratio']:.2f}×   p95 with "
               f"batching {p95:.0f} ms")  # fmt: skip
@@ -317,4 +347,5 @@ def _print(name: str, result: dict) -> None:
         f"({result['decoder_steps']:.0f} decoder steps)   model thread: steps "
         f"{result['model_seconds']:.1f} s, reading {result['reading_seconds']:.1f} s   "
         f"statuses {result['statuses']}"
+        + (f"   rounds {', '.join(f'{each:.2f}' for each in result['rounds'])}" if "rounds" in result else "")
     )
