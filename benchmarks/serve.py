@@ -10,12 +10,14 @@ also given relative to the first's: a new bundle against the one it replaces.
 
     gatesum bench serve --model OLD_BUNDLE --model pretrained/cnndm-lstm-small --rounds 5
 
-On a shared or drifting machine one burst per model is noisy (on the 2-core development machine
-one bundle's batched throughput moved by a fifth between runs minutes apart). With
-``--rounds R`` every model's server of a phase is started at once and they take turns, R bursts
-of N requests each, the order reversed every round, so that a slow minute hits them alike; a
-model's figures are those of its median round, and its ratio to the first model is the median
-of the rounds' ratios (an odd R gives one middle round).
+One burst per model is noisy on a shared machine, and so is one server process: two servers of
+the *same* bundle, up at once and taking turns, differed by 6–12% round after round (the
+first-started one faster in that run; where a process's memory lands matters, not only the
+minute it runs in). With ``--rounds R`` each round starts every model's server afresh, one after
+the other, the order reversed every round, so that both the minute and the process vary; a
+model's figures are those of its median round, and its ratio to the first model is the median of
+the rounds' ratios (an odd R gives one middle round). Passing the same bundle twice measures
+the method's own spread.
 
 ``--mode mixed`` starts one server and, for ``--duration`` seconds, mixes C clients sending
 short requests one after another (0.5 s apart after a refusal) with maximal legal requests (32
@@ -29,7 +31,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import json
 import os
 import re
@@ -67,7 +68,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         "large and abandoned ones")  # fmt: skip
     parser.add_argument("--requests", type=int, default=200, help="requests per run (N; throughput)")
     parser.add_argument(
-        "--rounds", type=int, default=1, help="bursts of N requests per model and phase, taking turns"
+        "--rounds", type=int, default=1, help="fresh servers and bursts per model and phase, taking turns"
     )
     parser.add_argument("--concurrency", type=int, default=16, help="requests in flight at once (C)")
     parser.add_argument("--model", type=Path, action="append", dest="models", metavar="DIR",
@@ -126,14 +127,12 @@ def _throughput(args: argparse.Namespace) -> dict:
                 _print(name if len(runs) == 1 else f"{name}, {model.name}", record[name])
             relative[name] = [record[name]["throughput"] / runs[0][name]["throughput"] for record in runs]
             continue
-        with contextlib.ExitStack() as stack:
-            servers = [stack.enter_context(_server(args, batch_size, model, one_client_may_fill=True))
-                       for model in args.models]  # fmt: skip
-            rounds: list[list[dict]] = [[] for _ in runs]
-            for turn in range(args.rounds):
-                order = range(len(runs)) if turn % 2 == 0 else reversed(range(len(runs)))
-                for index in order:
-                    rounds[index].append(asyncio.run(_load(servers[index].url, args)))
+        rounds: list[list[dict]] = [[] for _ in runs]
+        for turn in range(args.rounds):
+            order = range(len(runs)) if turn % 2 == 0 else reversed(range(len(runs)))
+            for index in order:
+                with _server(args, batch_size, args.models[index], one_client_may_fill=True) as server:
+                    rounds[index].append(asyncio.run(_load(server.url, args)))
         ratios = [[mine["throughput"] / first["throughput"]
                    for mine, first in zip(results, rounds[0], strict=True)]
                   for results in rounds]  # fmt: skip
