@@ -10,14 +10,14 @@ also given relative to the first's: a new bundle against the one it replaces.
 
     gatesum bench serve --model OLD_BUNDLE --model pretrained/cnndm-lstm-small --rounds 5
 
-One burst per model is noisy on a shared machine, and so is one server process: two servers of
-the *same* bundle, up at once and taking turns, differed by 6–12% round after round (the
-first-started one faster in that run; where a process's memory lands matters, not only the
-minute it runs in). With ``--rounds R`` each round starts every model's server afresh, one after
-the other, the order reversed every round, so that both the minute and the process vary; a
-model's figures are those of its median round, and its ratio to the first model is the median of
-the rounds' ratios (an odd R gives one middle round). Passing the same bundle twice measures
-the method's own spread.
+One burst per model is noisy on a shared machine, and one server process may run faster than
+another of the same bundle. With ``--rounds R`` each round starts every model's server afresh,
+one after the other, the order reversed every round, so that both the minute and the process
+vary; a model's figures are those of its median round, and its ratio to the first model is the
+median of the rounds' ratios (an odd R gives one middle round). Passing the same bundle twice
+measures the method's own spread: on the 2-core development machine the shipped bundle against
+itself gave rounds from 0.93 to 1.27, median 1.08
+(benchmarks/results/serve-v3-v3-rounds-same-bundle.json).
 
 ``--mode mixed`` starts one server and, for ``--duration`` seconds, mixes C clients sending
 short requests one after another (0.5 s apart after a refusal) with maximal legal requests (32

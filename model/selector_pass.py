@@ -28,7 +28,7 @@ from torch import Tensor
 from gatesum.model.recurrent import STRETCH_MULTIPLE, State
 from gatesum.model.selector import ContentSelector
 
-DEFAULT_STEPS = 1024  # time steps read by one ``advance``: ~0.1 s at the default sizes, 1 CPU thread
+DEFAULT_STEPS = 1024  # time steps read by one ``advance``: ~10 ms at the default sizes, 1 CPU thread
 
 
 class SelectorPass:
