@@ -301,21 +301,22 @@ class Recurrent(nn.Module):
         """The fused loops' W (D, 4H, I), U (D, 4H, H), b (D, 4H): the layer's cells' weights
         stacked over directions. Without autograd the stack is kept until a weight changes (its
         storage or version), so that inference, one call per text, does not copy them each time."""
-        cells = self.cells[layer * self.num_directions : (layer + 1) * self.num_directions]
-        weights = [[getattr(cell, name) for cell in cells] for name in ("weight_ih", "weight_hh", "bias")]
-        if torch.is_grad_enabled() and any(weight.requires_grad for group in weights for weight in group):
-            return tuple(torch.stack(group) for group in weights)  # training: through autograd
+        weights = self._cell_weights(layer)
+        if _through_autograd(weights):
+            return tuple(torch.stack(group) for group in weights)  # training
         return self._kept_weights(layer, weights)[:3]
 
     def _recurrent_transposed(self, layer: int) -> tuple[Tensor | None, Tensor | None]:
         """Uᵀ (D, H, 4H) and Uᵀ in column blocks (``fused.column_blocks``, None where 4H is not a
         multiple of ``fused.BLOCK``), kept beside ``_layer_weights``' stack: what the compiled
         inference loop multiplies h_{t−1} by. (None, None) under autograd, where it does not run."""
+        weights = self._cell_weights(layer)
+        return (None, None) if _through_autograd(weights) else self._kept_weights(layer, weights)[3:]
+
+    def _cell_weights(self, layer: int) -> list[list[Tensor]]:
+        """[W per direction, U per direction, b per direction] of ``layer``'s cells."""
         cells = self.cells[layer * self.num_directions : (layer + 1) * self.num_directions]
-        weights = [[getattr(cell, name) for cell in cells] for name in ("weight_ih", "weight_hh", "bias")]
-        if torch.is_grad_enabled() and any(weight.requires_grad for group in weights for weight in group):
-            return None, None
-        return self._kept_weights(layer, weights)[3:]
+        return [[getattr(cell, name) for cell in cells] for name in ("weight_ih", "weight_hh", "bias")]
 
     def _kept_weights(self, layer: int, weights: list[list[Tensor]]) -> tuple[Tensor | None, ...]:
         """W, U, b stacked, Uᵀ and its column blocks, as kept for ``layer`` while no weight has
@@ -360,3 +361,8 @@ class Recurrent(nn.Module):
                            ("weight_ih", "weight_hh", "bias_ih", "bias_hh")]  # fmt: skip
                 ours.cells[layer * ours.num_directions + direction].load_torch_weights(*weights)
         return ours.to(module.weight_ih_l0.device)
+
+
+def _through_autograd(weights: list[list[Tensor]]) -> bool:
+    """Whether a call with these weights is recorded for backward (training)."""
+    return torch.is_grad_enabled() and any(weight.requires_grad for group in weights for weight in group)
