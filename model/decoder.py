@@ -43,6 +43,7 @@ from gatesum.model.attention import Attention, RowGrid
 from gatesum.model.cells import CELLS
 from gatesum.model.config import ModelConfig
 from gatesum.model.encoder import EncoderOutput
+from gatesum.model.kernels import lstm_ops
 from gatesum.model.recurrent import Recurrent
 from gatesum.model.vocabulary import target_log_probs
 
@@ -262,6 +263,8 @@ class Decoder(nn.Module):
     def log_probs(self, output: DecoderOutput, source: Tensor) -> Tensor:
         """The full next-token distribution as log-probabilities: (B, V) for one step, (B, T, V)
         for ``forward``'s T positions; source (B, S)."""
+        if (compiled := self._compiled_log_probs(output, source)) is not None:
+            return compiled
         logits = self.logits(output.attentional).float()
         if output.copy_gate is None:
             return torch.log_softmax(logits, -1)
@@ -270,3 +273,28 @@ class Decoder(nn.Module):
         index = source if logits.dim() == 2 else source.unsqueeze(1).expand(-1, logits.shape[1], -1)
         mixed = mixed.scatter_add(-1, index, (1 - p_gen) * output.attention.float())
         return mixed.clamp_min(PROBABILITY_FLOOR).log()
+
+    def _compiled_log_probs(self, output: DecoderOutput, source: Tensor) -> Tensor | None:
+        """``log_probs`` of one decoding step with copy, in one pass over each row after its
+        logits (``csrc/vocabulary.cpp`` ``mixed_log_probs``: outside the source's ids log P is
+        z − lse + log p_gen), where that kernel runs: CPU float32, no autograd, no dropout, the
+        library built. Else None: the torch ops below."""
+        attentional = output.attentional
+        if (
+            output.copy_gate is None
+            or attentional.dim() != 2
+            or attentional.device.type != "cpu"
+            or attentional.dtype != torch.float32
+            or self.training
+            or torch.is_grad_enabled()
+            or (ops := lstm_ops()) is None
+        ):
+            return None
+        if self.config.tie_embeddings:
+            hidden, weight, bias = self.to_embedding(attentional), self.embedding.weight, self.output_bias
+        else:
+            hidden, weight, bias = attentional, self.output.weight, self.output.bias
+        logits = torch.mm(hidden, weight.t())  # (B, V), the bias added in the kernel
+        copy_gate = output.copy_gate.reshape(-1).contiguous()  # (B,)
+        attention, source = output.attention.contiguous(), source.contiguous()  # (B, S) each
+        return ops.mixed_log_probs(logits, bias, copy_gate, attention, source, PROBABILITY_FLOOR)

@@ -29,6 +29,7 @@
 #include <optional>
 #include <tuple>
 #include <type_traits>
+#include <utility>
 #include <vector>
 
 namespace {
@@ -210,15 +211,91 @@ Tensor vocabulary_log_prob_backward(const Tensor& logits, const std::optional<Te
                                             : gradient_rows<uint16_t>(logits, bias, lse, target, grad);
 }
 
+// Inference: the pointer-generator's full next-token distribution as log-probabilities, in place.
+// For a row with logits z = x W^T (the bias b added on the fly), copy gate p, attention a (S,)
+// over source ids x (S,):
+//   P(w) = p softmax(z + b)_w + (1 - p) sum_{i: x_i = w} a_i,   out_w = log max(P(w), floor)
+// A word that is not in the source has no copy term, so there log P(w) = z_w + b_w - lse + log p
+// (no exp, no log per entry): one pass writes the row, after its lse, and only the source's
+// distinct ids get the mixed formula. The torch-ops path (model/decoder.py Decoder.log_probs)
+// writes softmax, the product, the scatter's copy, the clamp and the log: five (N, V) tensors.
+__attribute__((noinline)) void row_shifted(float* __restrict z, const float* __restrict b, float shift, float low,
+                                           int64_t V) {
+#pragma omp simd
+  for (int64_t v = 0; v < V; ++v) {
+    const float value = z[v] + b[v] - shift;
+    z[v] = value > low ? value : low;
+  }
+}
+
+Tensor mixed_log_probs(Tensor& logits, const std::optional<Tensor>& bias, const Tensor& copy_gate,
+                       const Tensor& attention, const Tensor& source, double floor) {
+  TORCH_CHECK(logits.device().is_cpu() && logits.scalar_type() == at::kFloat && logits.dim() == 2 &&
+                  logits.is_contiguous(),
+              "logits: contiguous (N, V) CPU float32");
+  const int64_t N = logits.size(0), V = logits.size(1);
+  TORCH_CHECK(!bias || (bias->is_contiguous() && bias->numel() == V && bias->scalar_type() == at::kFloat),
+              "bias: (V,) float32");
+  TORCH_CHECK(copy_gate.is_contiguous() && copy_gate.numel() == N && copy_gate.scalar_type() == at::kFloat,
+              "copy_gate: (N,) float32");
+  TORCH_CHECK(attention.dim() == 2 && attention.size(0) == N && attention.is_contiguous() &&
+                  attention.scalar_type() == at::kFloat,
+              "attention: contiguous (N, S) float32");
+  TORCH_CHECK(source.sizes() == attention.sizes() && source.is_contiguous() && source.scalar_type() == at::kLong,
+              "source: (N, S) int64, as attention");
+  TORCH_CHECK(floor > 0, "floor > 0");
+  if (source.numel() > 0) {  // checked here: an exception must not leave the threads of the loop below
+    const int64_t low = source.min().item<int64_t>(), high = source.max().item<int64_t>();
+    TORCH_CHECK(low >= 0 && high < V, "source ids outside the vocabulary: ", low, "..", high);
+  }
+  const Tensor b_tensor = bias_or_zeros(logits, bias);
+  const float* b = b_tensor.data_ptr<float>();
+  const float *gate = copy_gate.data_ptr<float>(), *weights = attention.data_ptr<float>();
+  const int64_t* ids = source.data_ptr<int64_t>();
+  float* z_data = logits.data_ptr<float>();
+  const int64_t S = attention.size(1);
+  const float low = std::log(static_cast<float>(floor));
+  at::parallel_for(0, N, 4, [&](int64_t begin, int64_t end) {
+    std::vector<float> copied(V, 0.f);  // this thread's copy mass per id, back to 0 after each row
+    std::vector<std::pair<int64_t, float>> mixed;  // (id, log P) of the row's distinct source ids
+    for (int64_t n = begin; n < end; ++n) {
+      float* z = z_data + n * V;
+      const float p = gate[n], lse = row_lse(z, b, V);
+      const float* a = weights + n * S;
+      const int64_t* x = ids + n * S;
+      for (int64_t i = 0; i < S; ++i) copied[x[i]] += (1.f - p) * a[i];
+      mixed.clear();
+      for (int64_t i = 0; i < S; ++i) {
+        const int64_t w = x[i];
+        if (copied[w] < 0.f) continue;  // already done: marked below
+        const float probability = p * std::exp(z[w] + b[w] - lse) + copied[w];
+        mixed.emplace_back(w, std::log(std::max(probability, static_cast<float>(floor))));
+        copied[w] = -1.f;
+      }
+      // log p, finite even where p underflowed to 0 (-ffast-math assumes no infinities)
+      const float log_p = p > 0.f ? std::log(p) : -1e30f;
+      row_shifted(z, b, lse - log_p, low, V);
+      for (const auto& [w, value] : mixed) {
+        z[w] = value;
+        copied[w] = 0.f;
+      }
+    }
+  });
+  return logits;
+}
+
 }  // namespace
 
 TORCH_LIBRARY_FRAGMENT(gatesum, m) {
   m.def("vocabulary_log_prob(Tensor logits, Tensor? bias, Tensor target) -> (Tensor, Tensor)");
   m.def("vocabulary_log_prob_backward(Tensor(a!) logits, Tensor? bias, Tensor lse, Tensor target, Tensor grad) "
         "-> Tensor");
+  m.def("mixed_log_probs(Tensor(a!) logits, Tensor? bias, Tensor copy_gate, Tensor attention, Tensor source, "
+        "float floor) -> Tensor(a!)");
 }
 
 TORCH_LIBRARY_IMPL(gatesum, CPU, m) {
   m.impl("vocabulary_log_prob", &vocabulary_log_prob);
   m.impl("vocabulary_log_prob_backward", &vocabulary_log_prob_backward);
+  m.impl("mixed_log_probs", &mixed_log_probs);
 }

@@ -6,6 +6,8 @@ import torch
 import torch.nn.functional as F
 
 from gatesum.model import vocabulary
+from gatesum.model.config import ModelConfig
+from gatesum.model.decoder import DecoderOutput
 from gatesum.model.summarizer import Summarizer
 from gatesum.model.vocabulary import target_log_probs
 from tests.model.test_parallel_decoder import BATCH, parallel_model, set_coverage_weight
@@ -128,3 +130,28 @@ def test_training_loss_is_the_nll_of_the_full_mixture(path, input_feeding, copy)
     assert gradients[0].keys() == gradients[1].keys()
     for name, gradient in gradients[0].items():
         torch.testing.assert_close(gradient, gradients[1][name], atol=1e-5, rtol=1e-4, msg=name)
+
+
+@pytest.mark.usefixtures("kernels_required")
+def test_the_compiled_step_distribution_is_the_torch_ops_one(monkeypatch):
+    """``Decoder.log_probs`` for one step: the kernel (log P = z − lse + log p_gen outside the
+    source's ids) against the torch ops, with repeated source ids, padding, p_gen 0 and 1."""
+    torch.manual_seed(0)
+    config = ModelConfig(vocab_size=300, embedding_size=8, encoder_hidden_size=8, decoder_hidden_size=16,
+                         attention="general", input_feeding=False)  # fmt: skip
+    decoder = Summarizer(config).eval().decoder
+    N, S = 6, 20
+    source = torch.randint(4, 300, (N, S))
+    source[:, :5] = source[:, 5:10]  # ids that repeat
+    source[2, 15:] = config.pad_id
+    attention = torch.softmax(torch.randn(N, S), -1)
+    attention[2, 15:] = 0.0
+    copy_gate = torch.rand(N, 1)
+    copy_gate[0], copy_gate[1] = 0.0, 1.0
+    output = DecoderOutput(torch.randn(N, 16), attention, copy_gate, None)
+    with torch.no_grad():
+        got = decoder.log_probs(output, source)
+        monkeypatch.setenv("GATESUM_KERNELS", "off")
+        want = decoder.log_probs(output, source)
+        assert decoder._compiled_log_probs(output, source) is None  # kernels off: the torch ops ran
+    torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
