@@ -1,5 +1,6 @@
-"""Our compiled kernels: the LSTM loops (``csrc/lstm.cpp``), forward and backward, and the
-target's vocabulary log-probability (``csrc/vocabulary.cpp``), one library.
+"""Our compiled kernels: the LSTM loops (``csrc/lstm.cpp``), forward and backward, the
+target's vocabulary log-probability in training and a decoding step's whole distribution
+(``csrc/vocabulary.cpp``), one library.
 
 ``lstm_ops()`` builds it the first time it is asked for on a machine (about 10 s with
 g++ and ninja; torch caches the library under ``$TORCH_EXTENSIONS_DIR`` or

@@ -1,4 +1,5 @@
-// The target's log-probability under the vocabulary softmax, and its gradient, in C++.
+// The target's log-probability under the vocabulary softmax, and its gradient, in C++; and for
+// decoding, one step's whole pointer-generator distribution (mixed_log_probs, at the end).
 //
 // model/vocabulary.py holds the same computation in torch ops and uses this file when it can
 // be compiled (model/kernels.py builds it with lstm.cpp into one library). Training needs only
