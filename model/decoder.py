@@ -243,21 +243,21 @@ class Decoder(nn.Module):
             return attentional, None
         return attentional, torch.sigmoid(self.copy_gate(torch.cat([features, embedded], -1)))
 
+    def _output_layer(self, attentional: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """~s_t (..., H) -> what the vocabulary logits are made of, z = x Wᵀ + b: x (..., K), W
+        (V, K), b (V,); tied, x = P ~s_t and W = E (K the embedding size), else x = ~s_t."""
+        if self.config.tie_embeddings:
+            return self.to_embedding(attentional), self.embedding.weight, self.output_bias
+        return attentional, self.output.weight, self.output.bias
+
     def logits(self, attentional: Tensor) -> Tensor:
         """(..., H) -> vocabulary logits (..., V)."""
-        attentional = self.dropout(attentional)
-        if self.config.tie_embeddings:
-            return F.linear(self.to_embedding(attentional), self.embedding.weight, self.output_bias)
-        return self.output(attentional)
+        return F.linear(*self._output_layer(self.dropout(attentional)))
 
     def target_log_probs(self, attentional: Tensor, target: Tensor) -> Tensor:
         """~s_t (B, T, H), target (B, T) -> log P_vocab(target) (B, T): what training reads of
         ``logits``, without writing the (B, T, V) distribution (``model/vocabulary.py``)."""
-        attentional = self.dropout(attentional)
-        if self.config.tie_embeddings:
-            hidden, weight, bias = self.to_embedding(attentional), self.embedding.weight, self.output_bias
-        else:
-            hidden, weight, bias = attentional, self.output.weight, self.output.bias
+        hidden, weight, bias = self._output_layer(self.dropout(attentional))
         return target_log_probs(hidden, weight, bias, target, self.output_matmul_dtype)
 
     def log_probs(self, output: DecoderOutput, source: Tensor) -> Tensor:
@@ -290,10 +290,7 @@ class Decoder(nn.Module):
             or (ops := lstm_ops()) is None
         ):
             return None
-        if self.config.tie_embeddings:
-            hidden, weight, bias = self.to_embedding(attentional), self.embedding.weight, self.output_bias
-        else:
-            hidden, weight, bias = attentional, self.output.weight, self.output.bias
+        hidden, weight, bias = self._output_layer(attentional)  # no dropout: eval mode only here
         logits = torch.mm(hidden, weight.t())  # (B, V), the bias added in the kernel
         copy_gate = output.copy_gate.reshape(-1).contiguous()  # (B,)
         attention, source = output.attention.contiguous(), source.contiguous()  # (B, S) each

@@ -174,7 +174,7 @@ class Recurrent(nn.Module):
                 cells.append(CELLS[cell](layer_input, hidden_size, **cell_options))
         self.cells = nn.ModuleList(cells)
         self.fused = cell == "lstm" and not cell_options.get("peephole", False)
-        self._stacked: dict[int, tuple[tuple, tuple[Tensor, ...]]] = {}  # see _kept_weights
+        self._stacked: dict[int, tuple[tuple, tuple]] = {}  # see _layer_weights
 
     @property
     def bidirectional(self) -> bool:
@@ -256,8 +256,7 @@ class Recurrent(nn.Module):
         sources = [inputs[0], *(source.flip(1) for source in inputs[1:])]  # each in its reading order
         x = torch.stack([source.transpose(0, 1) for source in sources])  # time major (D, T, B, I)
         h0, c0 = (torch.stack(part) for part in zip(*states, strict=True))  # (D, B, H) each
-        weight_ih, weight_hh, bias = self._layer_weights(layer)
-        transposed, blocks = self._recurrent_transposed(layer)
+        weight_ih, weight_hh, bias, transposed, blocks = self._layer_weights(layer)
         inferred = lstm_inference(x, weight_ih, weight_hh, bias, h0, c0, None, transposed, blocks)
         if inferred is not None:
             output, h_n, c_n = inferred  # (B, T, D·H): the loop writes direction 1 in sequence order
@@ -282,8 +281,7 @@ class Recurrent(nn.Module):
             h0 = c0 = x.new_zeros(D, B, H)
         else:
             h0, c0 = (torch.stack(part) for part in zip(*initial[first : first + D], strict=True))
-        weight_ih, weight_hh, bias = self._layer_weights(layer)
-        transposed, blocks = self._recurrent_transposed(layer)
+        weight_ih, weight_hh, bias, transposed, blocks = self._layer_weights(layer)
         inferred = lstm_inference(x, weight_ih, weight_hh, bias, h0, c0, lengths, transposed, blocks)
         if inferred is not None:
             output, h_n, c_n = inferred  # without autograd, in our compiled loop
@@ -297,30 +295,17 @@ class Recurrent(nn.Module):
             h_n, c_n = torch.where(empty, h0, h_n), torch.where(empty, c0, c_n)
         return _batch_first(hs, lengths, mask), list(zip(h_n.unbind(0), c_n.unbind(0), strict=True))
 
-    def _layer_weights(self, layer: int) -> tuple[Tensor, Tensor, Tensor]:
+    def _layer_weights(self, layer: int) -> tuple[Tensor, Tensor, Tensor, Tensor | None, Tensor | None]:
         """The fused loops' W (D, 4H, I), U (D, 4H, H), b (D, 4H): the layer's cells' weights
-        stacked over directions. Without autograd the stack is kept until a weight changes (its
-        storage or version), so that inference, one call per text, does not copy them each time."""
-        weights = self._cell_weights(layer)
-        if _through_autograd(weights):
-            return tuple(torch.stack(group) for group in weights)  # training
-        return self._kept_weights(layer, weights)[:3]
-
-    def _recurrent_transposed(self, layer: int) -> tuple[Tensor | None, Tensor | None]:
-        """Uᵀ (D, H, 4H) and Uᵀ in column blocks (``fused.column_blocks``, None where 4H is not a
-        multiple of ``fused.BLOCK``), kept beside ``_layer_weights``' stack: what the compiled
-        inference loop multiplies h_{t−1} by. (None, None) under autograd, where it does not run."""
-        weights = self._cell_weights(layer)
-        return (None, None) if _through_autograd(weights) else self._kept_weights(layer, weights)[3:]
-
-    def _cell_weights(self, layer: int) -> list[list[Tensor]]:
-        """[W per direction, U per direction, b per direction] of ``layer``'s cells."""
+        stacked over directions; then what the compiled inference loop multiplies h_{t−1} by, Uᵀ
+        (D, H, 4H) and Uᵀ in column blocks (``fused.column_blocks``, None where 4H is not a
+        multiple of ``fused.BLOCK``). Without autograd all five are kept until a weight changes
+        (its storage or version), so that inference, one call per text, does not copy them each
+        time; under autograd (training) the stack goes through it and the last two are None."""
         cells = self.cells[layer * self.num_directions : (layer + 1) * self.num_directions]
-        return [[getattr(cell, name) for cell in cells] for name in ("weight_ih", "weight_hh", "bias")]
-
-    def _kept_weights(self, layer: int, weights: list[list[Tensor]]) -> tuple[Tensor | None, ...]:
-        """W, U, b stacked, Uᵀ and its column blocks, as kept for ``layer`` while no weight has
-        changed (its storage or version)."""
+        weights = [[getattr(cell, name) for cell in cells] for name in ("weight_ih", "weight_hh", "bias")]
+        if torch.is_grad_enabled() and any(weight.requires_grad for group in weights for weight in group):
+            return (*(torch.stack(group) for group in weights), None, None)
         key = tuple((weight.data_ptr(), weight._version, weight.device)
                     for group in weights for weight in group)  # fmt: skip
         kept = self._stacked.get(layer)
@@ -361,8 +346,3 @@ class Recurrent(nn.Module):
                            ("weight_ih", "weight_hh", "bias_ih", "bias_hh")]  # fmt: skip
                 ours.cells[layer * ours.num_directions + direction].load_torch_weights(*weights)
         return ours.to(module.weight_ih_l0.device)
-
-
-def _through_autograd(weights: list[list[Tensor]]) -> bool:
-    """Whether a call with these weights is recorded for backward (training)."""
-    return torch.is_grad_enabled() and any(weight.requires_grad for group in weights for weight in group)

@@ -34,7 +34,7 @@ from gatesum.model.copy_mask import copy_masked
 from gatesum.model.decoder import DecoderState
 from gatesum.model.encoder import EncoderOutput
 from gatesum.model.search import GenerationConfig, Search, fit_width
-from gatesum.model.summarizer import Summarizer
+from gatesum.model.summarizer import Summarizer, beam_rows
 
 WIDTH_STEP = 8  # source positions: the tables' width is a multiple of this (attention reads it all)
 
@@ -102,13 +102,10 @@ class RunningBatch:
         if copy_sources is not None:
             masked = [[*row, *[pad] * (width - len(row))] for row in copy_sources]
             encoded = replace(encoded, source=torch.tensor(masked, device=self.device))  # (B, S)
-        keys, layers = model.decoder.keys(encoded), model.bridge(encoded)  # per example
-        rows = torch.arange(len(sources), device=self.device).repeat_interleave(K)  # (B·K,) their example
-        per_row = replace(encoded, mask=encoded.mask.index_select(0, rows),
-                          source=encoded.source.index_select(0, rows))  # fmt: skip
-        layers = DecoderState(layers, None, None).index_select(rows).layers
+        keys = model.decoder.keys(encoded)  # per example
+        per_row, layers = beam_rows(encoded, model.bridge(encoded), K)  # (B·K, ...)
         state = model.decoder.initial_state(per_row, layers, self.track_coverage)
-        slots = self._append(encoded, keys, per_row, rows, K, state)
+        slots = self._append(encoded, keys, per_row, K, state)
         key = (replace(generation, source_lengths=None), explain)
         if key not in self.groups:
             config = model.config
@@ -217,11 +214,11 @@ class RunningBatch:
         R = self.rows
         return RowGrid(self.example_of[:R] * width + self.beam_of[:R], width)
 
-    def _append(self, encoded: EncoderOutput, keys: Tensor, per_row: EncoderOutput, rows: Tensor, beams: int,
+    def _append(self, encoded: EncoderOutput, keys: Tensor, per_row: EncoderOutput, beams: int,
                 state: DecoderState) -> Tensor:  # fmt: skip
         """Write new examples after the live ones: their memory and keys (B, S, ·) once each,
-        and their rows' source and mask (``per_row``, (N, S)), row n of example ``rows[n]`` and
-        beam n mod ``beams``. Returns the rows' table rows."""
+        and their rows' source and mask (``per_row``, (B·K, S), ``beam_rows``' order): row n is
+        beam n mod K of example n // K, K = ``beams``. Returns the rows' table rows."""
         B, S = encoded.source.shape
         N = per_row.source.shape[0]
         R, E = self.rows, self.examples_held
@@ -238,7 +235,7 @@ class RunningBatch:
             table[new, S:] = fill  # a freed slot may hold an old example's values
             table[new, :S] = values
         self.lengths[new_rows] = per_row.mask.sum(1)
-        self.example_of[new_rows] = rows + E
+        self.example_of[new_rows] = torch.arange(E, E + B, device=self.device).repeat_interleave(beams)
         self.beam_of[new_rows] = torch.arange(beams, device=self.device).repeat(B)
         if state.coverage is not None:
             state = replace(state, coverage=fit_width(state.coverage, self.source.shape[1]))

@@ -21,7 +21,7 @@ from gatesum.model.attention import RowGrid
 from gatesum.model.config import ModelConfig
 from gatesum.model.copy_mask import copy_masked
 from gatesum.model.decoder import PROBABILITY_FLOOR, Decoder, DecoderState
-from gatesum.model.encoder import Bridge, Encoder
+from gatesum.model.encoder import Bridge, Encoder, EncoderOutput
 from gatesum.model.search import GenerationConfig, SearchResult, beam_search, greedy_search
 
 
@@ -119,10 +119,8 @@ class Summarizer(nn.Module):
         keys = self.decoder.keys(encoded)  # (B, S, A): once per example, as the memory
         layers, grid = self.bridge(encoded), None
         if K > 1:  # K rows per example, each example's memory shared by its rows (``RowGrid``)
-            rows = torch.arange(B, device=source.device).repeat_interleave(K)
-            encoded = replace(encoded, mask=encoded.mask.index_select(0, rows),
-                              source=encoded.source.index_select(0, rows))  # fmt: skip
-            layers, grid = DecoderState(layers, None, None).index_select(rows).layers, RowGrid(None, K)
+            encoded, layers = beam_rows(encoded, layers, K)
+            grid = RowGrid(None, K)
         state = self.decoder.initial_state(encoded, layers, self.decoder.coverage_in_use())
 
         def step(tokens: Tensor, state: DecoderState):
@@ -147,3 +145,13 @@ class Summarizer(nn.Module):
                 **ids,
             )
         return Generation(result.tokens, result.scores, result.attention, gates)
+
+
+def beam_rows(encoded: EncoderOutput, layers: list, beams: int) -> tuple[EncoderOutput, list]:
+    """Per example (B) -> per decoding row (B·K, example by example): the source ids and mask
+    (what the copy term and the attention weights read per row) and the decoder's starting state
+    per layer, repeated K = ``beams`` times; the memory stays one per example (``RowGrid``)."""
+    rows = torch.arange(encoded.mask.shape[0], device=encoded.mask.device).repeat_interleave(beams)
+    mask, source = encoded.mask.index_select(0, rows), encoded.source.index_select(0, rows)  # (B·K, S)
+    encoded = replace(encoded, mask=mask, source=source)
+    return encoded, DecoderState(layers, None, None).index_select(rows).layers
